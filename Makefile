@@ -1,0 +1,48 @@
+# medhpc -- `make demo` runs the main job, `make test` the test suite. Both create the virtual
+# environment .venv on first use (pinned versions from requirements-pinned.txt) and build the
+# compiled extension; later runs rebuild only when a source changed.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo-out
+PYTEST_ARGS ?=
+
+# nvcc 13.0 lives here on the project's machines; without CUDA_HOME torch guesses /usr/local.
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export CUDA_HOME
+export MAX_JOBS ?= 2
+
+EXT_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.deps: requirements-pinned.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-pinned.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.built
+
+demo: setup
+	$(PY) -m medhpc info
+	$(PY) -m medhpc.data synth --kind aptos --n 600 --size 128 --seed 0 --out $(DEMO_DIR)/data/aptos
+	$(PY) -m medhpc.data synth --kind cxr --n 600 --size 128 --seed 0 --out $(DEMO_DIR)/data/cxr
+	$(PY) -m medhpc.data prepare --kind aptos --root $(DEMO_DIR)/data/aptos --size 64 --out $(DEMO_DIR)/cache/aptos-64.h5
+	$(PY) -m medhpc.data prepare --kind cxr --root $(DEMO_DIR)/data/cxr --size 64 --out $(DEMO_DIR)/cache/cxr-64.h5
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(DEMO_DIR) medhpc/_C*.so *.egg-info

@@ -1,0 +1,129 @@
+"""Pure-PyTorch references: the executable specification of every compiled kernel.
+
+They draw the very same random numbers as the kernels (Philox4x32-10 from an explicit
+``(seed, offset)``, csrc/common/philox.h), so kernel and reference can be held to each other
+value for value, and they are differentiable by ordinary autograd, which gives the reference
+gradients. They also serve as the fallback when ``medhpc._C`` is not built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of ``a * b`` for 32-bit ``b`` held in int64.
+
+    ``b`` is split into 16-bit halves so no intermediate exceeds 2**49: int64 overflow is
+    never relied upon.
+    """
+    b_lo = b & 0xFFFF
+    b_hi = b >> 16
+    p_lo = a * b_lo  # < 2**48
+    p_hi = a * b_hi  # < 2**48
+    mid = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2**49
+    lo = mid & _MASK32
+    hi = (p_hi >> 16) + (mid >> 32)
+    return hi & _MASK32, lo
+
+
+def philox4x32_10(
+    counter: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], key: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Philox4x32 with ten rounds (Random123), on int64 tensors holding 32-bit words."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _MASK32
+        k1 = (k1 + _PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _check_seed_offset(seed: int, offset: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    if not 0 <= offset < 2**63:
+        raise ValueError(f"offset must be in [0, 2**63), got {offset}")
+
+
+def philox_normal(
+    shape: tuple[int, ...],
+    seed: int,
+    offset: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Standard normal numbers 0 .. numel-1 of the stream ``(seed, offset)``, in ``shape``.
+
+    Number ``i`` is Box-Muller on the first two words of Philox block ``i // 2`` (counter =
+    (block lo, block hi, offset lo, offset hi), key = (seed lo, seed hi)): the cosine branch
+    for even ``i``, the sine branch for odd ``i``; uniforms are ``(word + 0.5) * 2**-32``.
+    Computed in ``dtype`` (float32 or float64), as the kernels do.
+    """
+    _check_seed_offset(seed, offset)
+    numel = 1
+    for n in shape:
+        numel *= n
+    index = torch.arange(numel, dtype=torch.int64, device=device)
+    block = index >> 1
+    zeros = torch.zeros_like(block)
+    counter = (
+        block & _MASK32,
+        block >> 32,
+        zeros + (offset & _MASK32),
+        zeros + (offset >> 32),
+    )
+    x0, x1, _, _ = philox4x32_10(counter, (seed & _MASK32, seed >> 32))
+    scale = 2.0**-32
+    u1 = (x0.to(dtype) + 0.5) * scale
+    u2 = (x1.to(dtype) + 0.5) * scale
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    theta = (2.0 * torch.pi) * u2
+    z = torch.where((index & 1).bool(), radius * torch.sin(theta), radius * torch.cos(theta))
+    return z.reshape(shape)
+
+
+def vib_sigma(a: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """sigma = softplus(r - 5) with r = relu(a) (Häkkinen & Raj) or r = a (Alemi et al.)."""
+    r = torch.relu(a) if relu else a
+    return F.softplus(r - 5.0)
+
+
+def vib_reparam(
+    mu: torch.Tensor,
+    a: torch.Tensor,
+    samples: int,
+    seed: int,
+    offset: int = 0,
+    relu: bool = True,
+    kl_mean: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VIB reparameterised sampling and KL, the specification of ``medhpc::vib_reparam``.
+
+    Returns ``z`` of shape (samples, B, K) with ``z[s] = mu + sigma * eps[s]`` and the
+    per-example ``KL(N(mu, sigma^2) || N(0, I))`` of shape (B,), summed over the K latent
+    dimensions (Alemi et al.) or averaged (``kl_mean``, Häkkinen & Raj's scripts). Half and
+    bfloat16 inputs are computed in float32, as the CUDA kernel does.
+    """
+    if mu.dim() != 2 or a.shape != mu.shape:
+        raise ValueError(f"mu and a must be 2-D of one shape, got {tuple(mu.shape)}, {tuple(a.shape)}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    acc = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    mu_acc, a_acc = mu.to(acc), a.to(acc)
+    batch, latent = mu.shape
+    sigma = vib_sigma(a_acc, relu)
+    eps = philox_normal((samples, batch, latent), seed, offset, dtype=acc, device=mu.device)
+    z = mu_acc + sigma * eps
+    kl = (0.5 * (mu_acc.square() + sigma.square() - 1.0) - torch.log(sigma)).sum(dim=-1)
+    if kl_mean:
+        kl = kl / latent
+    return z.to(mu.dtype), kl.to(mu.dtype)
