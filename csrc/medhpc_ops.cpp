@@ -22,4 +22,13 @@ TORCH_LIBRARY(medhpc, m) {
   // Gradients of vib_reparam with respect to mu and a; regenerates eps from (seed, offset).
   m.def("_vib_reparam_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor a, int seed, "
         "int offset, bool relu, bool kl_mean) -> (Tensor grad_mu, Tensor grad_a)");
+  // SPSA finite differences (Uesato et al. 2018) over a batch of images x (B, ...): directions
+  // first .. first+count-1, each a Rademacher vector v[b, k] from Philox (seed, offset), never
+  // stored. out[b, 2i] = clip(x[b] + delta v[b, first+i]), out[b, 2i+1] = clip(x[b] - delta v).
+  m.def("spsa_perturb(Tensor x, int first, int count, float delta, int seed, int offset, "
+        "float clip_min, float clip_max) -> Tensor");
+  // The gradient estimate of those directions from the losses (B, 2*count) of spsa_perturb's
+  // output: sum_i (L[b, 2i] - L[b, 2i+1]) / (2 delta total) * v[b, first+i], shaped (B, *image_shape).
+  m.def("spsa_reduce(Tensor losses, int[] image_shape, int first, float delta, int seed, "
+        "int offset, int total) -> Tensor");
 }

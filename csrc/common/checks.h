@@ -40,4 +40,39 @@ inline void check_vib_backward_inputs(const at::Tensor& grad_z, const at::Tensor
               "_vib_reparam_backward: gradients must be on mu's device ", mu.device());
 }
 
+inline void check_spsa_stream(const char* op, int64_t first, int64_t count, int64_t batch,
+                              int64_t numel, int64_t seed, int64_t offset) {
+  TORCH_CHECK(first >= 0, op, ": first must be >= 0, got ", first);
+  TORCH_CHECK(count >= 1, op, ": count must be >= 1, got ", count);
+  TORCH_CHECK(first + count <= (int64_t{1} << 32), op, ": direction index first + count = ",
+              first + count, " exceeds 2^32");
+  TORCH_CHECK(batch < (int64_t{1} << 32), op, ": batch of ", batch, " images exceeds 2^32");
+  TORCH_CHECK(numel <= (int64_t{1} << 37), op, ": ", numel, " elements per image exceed 2^37");
+  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  TORCH_CHECK(offset >= 0 && offset < (int64_t{1} << 32), op,
+              ": offset must be in [0, 2^32), got ", offset);
+}
+
+inline void check_spsa_perturb_inputs(const at::Tensor& x, double delta, double clip_min,
+                                      double clip_max) {
+  TORCH_CHECK(x.dim() >= 2, "spsa_perturb: x must be a batch (B, ...) of at least 2 dims, got ",
+              x.sizes());
+  TORCH_CHECK(delta > 0, "spsa_perturb: delta must be > 0, got ", delta);
+  TORCH_CHECK(!(clip_min > clip_max), "spsa_perturb: clip_min ", clip_min, " > clip_max ",
+              clip_max);
+}
+
+inline void check_spsa_reduce_inputs(const at::Tensor& losses, at::IntArrayRef image_shape,
+                                     double delta, int64_t total) {
+  TORCH_CHECK(losses.dim() == 2 && losses.size(1) % 2 == 0 && losses.size(1) > 0,
+              "spsa_reduce: losses must be (B, 2*count) with +/- pairs adjacent, got ",
+              losses.sizes());
+  TORCH_CHECK(!image_shape.empty(), "spsa_reduce: image_shape must not be empty");
+  for (const int64_t d : image_shape) {
+    TORCH_CHECK(d >= 0, "spsa_reduce: image_shape must be non-negative, got ", image_shape);
+  }
+  TORCH_CHECK(delta > 0, "spsa_reduce: delta must be > 0, got ", delta);
+  TORCH_CHECK(total >= 1, "spsa_reduce: total must be >= 1, got ", total);
+}
+
 }  // namespace medhpc

@@ -127,3 +127,98 @@ def vib_reparam(
     if kl_mean:
         kl = kl / latent
     return z.to(mu.dtype), kl.to(mu.dtype)
+
+
+_SPSA_TILE, _SPSA_LANES = 4096, 32
+
+
+def rademacher(
+    batch: int,
+    numel: int,
+    first: int,
+    count: int,
+    seed: int,
+    offset: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """SPSA directions ``v[b, i]`` (k = first + i) of shape (batch, count, numel), entries +-1.
+
+    Element ``e`` of direction ``k`` for image ``b`` is bit ``(e % 4096) // 32`` of the Philox
+    block with counter (32 * (e // 4096) + e % 32, k, b, offset) and key (seed lo, seed hi):
+    a set bit is +1. The layout lets one CUDA warp draw one block per lane (csrc/common/rademacher.h).
+    """
+    _check_seed_offset(seed, offset)
+    if offset >= 2**32:
+        raise ValueError(f"offset must be in [0, 2**32) for SPSA, got {offset}")
+    e = torch.arange(numel, dtype=torch.int64, device=device)
+    local = e % _SPSA_TILE
+    c0 = (e // _SPSA_TILE) * _SPSA_LANES + e % _SPSA_LANES
+    bit = local // _SPSA_LANES
+    k = torch.arange(first, first + count, dtype=torch.int64, device=device)
+    b = torch.arange(batch, dtype=torch.int64, device=device)
+    shape = (batch, count, numel)
+    words = philox4x32_10(
+        (
+            c0.expand(shape),
+            k[None, :, None].expand(shape),
+            b[:, None, None].expand(shape),
+            torch.full(shape, offset, dtype=torch.int64, device=device),
+        ),
+        (seed & _MASK32, seed >> 32),
+    )
+    stacked = torch.stack(words, dim=-1)  # (batch, count, numel, 4)
+    word = torch.gather(stacked, -1, (bit // 32).expand(shape).unsqueeze(-1)).squeeze(-1)
+    set_bit = (word >> (bit % 32)) & 1
+    return (set_bit * 2 - 1).to(dtype)
+
+
+def spsa_perturb(
+    x: torch.Tensor,
+    first: int,
+    count: int,
+    delta: float,
+    seed: int,
+    offset: int,
+    clip_min: float,
+    clip_max: float,
+) -> torch.Tensor:
+    """Antithetic SPSA probes, the specification of ``medhpc::spsa_perturb``.
+
+    Returns (B, 2*count, *x.shape[1:]) with ``out[b, 2i] = clip(x[b] + delta v[b, i])`` and
+    ``out[b, 2i+1] = clip(x[b] - delta v[b, i])``, computed in float32 (float64 for float64).
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch = x.shape[0]
+    flat = x.reshape(batch, 1, -1).to(acc)
+    v = rademacher(batch, flat.shape[-1], first, count, seed, offset, acc, x.device)
+    plus = torch.clamp(flat + delta * v, clip_min, clip_max)
+    minus = torch.clamp(flat - delta * v, clip_min, clip_max)
+    out = torch.stack([plus, minus], dim=2).reshape(batch, 2 * count, *x.shape[1:])
+    return out.to(x.dtype)
+
+
+def spsa_reduce(
+    losses: torch.Tensor,
+    image_shape: list[int] | tuple[int, ...],
+    first: int,
+    delta: float,
+    seed: int,
+    offset: int,
+    total: int,
+) -> torch.Tensor:
+    """SPSA gradient estimate, the specification of ``medhpc::spsa_reduce``.
+
+    ``sum_i (L[b, 2i] - L[b, 2i+1]) / (2 delta total) * v[b, first+i]`` for the losses of
+    ``spsa_perturb``'s output; summing the results of chunks that cover directions
+    0 .. total-1 gives the mean over all ``total`` directions (Uesato et al. 2018).
+    """
+    acc = torch.float64 if losses.dtype == torch.float64 else torch.float32
+    batch, pairs = losses.shape[0], losses.shape[1] // 2
+    numel = 1
+    for d in image_shape:
+        numel *= d
+    diff = (losses[:, 0::2].to(acc) - losses[:, 1::2].to(acc)) / (2.0 * delta * total)
+    v = rademacher(batch, numel, first, pairs, seed, offset, acc, losses.device)
+    grad = torch.einsum("bk,bkd->bd", diff, v)
+    return grad.reshape(batch, *image_shape).to(losses.dtype)

@@ -1,0 +1,140 @@
+// CPU kernels of medhpc::spsa_perturb and medhpc::spsa_reduce (OpenMP via at::parallel_for).
+// Directions are regenerated tile by tile from Philox and never stored.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/rademacher.h"
+
+namespace medhpc {
+namespace {
+
+using Blocks = std::array<Philox4, kSpsaLanes>;
+
+void tile_blocks(Blocks& blocks, uint64_t seed, uint32_t offset, int64_t tile, int64_t k,
+                 int64_t b) {
+  for (int64_t lane = 0; lane < kSpsaLanes; ++lane) {
+    blocks[lane] = spsa_block(seed, offset, tile, lane, k, b);
+  }
+}
+
+template <typename scalar_t>
+void spsa_perturb_kernel(const scalar_t* x, scalar_t* out, int64_t B, int64_t D, int64_t first,
+                         int64_t count, double delta, uint64_t seed, uint32_t offset,
+                         double clip_min, double clip_max) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t d = static_cast<acc_t>(delta);
+  const acc_t lo = static_cast<acc_t>(clip_min), hi = static_cast<acc_t>(clip_max);
+  const int64_t tiles = (D + kSpsaTile - 1) / kSpsaTile;
+  at::parallel_for(0, B * count, 1, [&](int64_t r0, int64_t r1) {
+    Blocks blocks;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / count, i = r % count;
+      const scalar_t* xb = x + b * D;
+      scalar_t* plus = out + (b * 2 * count + 2 * i) * D;
+      scalar_t* minus = plus + D;
+      for (int64_t t = 0; t < tiles; ++t) {
+        tile_blocks(blocks, seed, offset, t, first + i, b);
+        const int64_t e_end = std::min(D, (t + 1) * kSpsaTile);
+        for (int64_t e = t * kSpsaTile; e < e_end; ++e) {
+          const int64_t local = e - t * kSpsaTile;
+          const acc_t v = rademacher_sign<acc_t>(blocks[local & 31], static_cast<int>(local >> 5));
+          const acc_t xv = static_cast<acc_t>(xb[e]);
+          plus[e] = static_cast<scalar_t>(clip(xv + d * v, lo, hi));
+          minus[e] = static_cast<scalar_t>(clip(xv - d * v, lo, hi));
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void spsa_reduce_kernel(const scalar_t* losses, scalar_t* grad, int64_t B, int64_t D,
+                        int64_t first, int64_t count, double delta, uint64_t seed,
+                        uint32_t offset, int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t scale = acc_t(1) / (acc_t(2) * static_cast<acc_t>(delta) * static_cast<acc_t>(total));
+  const int64_t tiles = (D + kSpsaTile - 1) / kSpsaTile;
+  at::parallel_for(0, B * tiles, 1, [&](int64_t r0, int64_t r1) {
+    Blocks blocks;
+    std::vector<acc_t> acc(kSpsaTile);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / tiles, t = r % tiles;
+      const int64_t e0 = t * kSpsaTile, n = std::min(D - e0, kSpsaTile);
+      std::fill(acc.begin(), acc.begin() + n, acc_t(0));
+      for (int64_t i = 0; i < count; ++i) {
+        const acc_t c = (static_cast<acc_t>(losses[b * 2 * count + 2 * i]) -
+                         static_cast<acc_t>(losses[b * 2 * count + 2 * i + 1])) *
+                        scale;
+        tile_blocks(blocks, seed, offset, t, first + i, b);
+        for (int64_t local = 0; local < n; ++local) {
+          acc[local] += c * rademacher_sign<acc_t>(blocks[local & 31], static_cast<int>(local >> 5));
+        }
+      }
+      for (int64_t local = 0; local < n; ++local) {
+        grad[b * D + e0 + local] = static_cast<scalar_t>(acc[local]);
+      }
+    }
+  });
+}
+
+at::Tensor spsa_perturb_cpu(const at::Tensor& x_in, int64_t first, int64_t count, double delta,
+                            int64_t seed, int64_t offset, double clip_min, double clip_max) {
+  check_spsa_perturb_inputs(x_in, delta, clip_min, clip_max);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), D = x.numel() / std::max<int64_t>(B, 1);
+  check_spsa_stream("spsa_perturb", first, count, B, D, seed, offset);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "spsa_perturb on CPU takes float32 or float64, got ", x.scalar_type());
+  std::vector<int64_t> shape{B, 2 * count};
+  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
+  at::Tensor out = at::empty(shape, x.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spsa_perturb_cpu", [&] {
+    spsa_perturb_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                  B, D, first, count, delta, static_cast<uint64_t>(seed),
+                                  static_cast<uint32_t>(offset), clip_min, clip_max);
+  });
+  return out;
+}
+
+at::Tensor spsa_reduce_cpu(const at::Tensor& losses_in, at::IntArrayRef image_shape,
+                           int64_t first, double delta, int64_t seed, int64_t offset,
+                           int64_t total) {
+  check_spsa_reduce_inputs(losses_in, image_shape, delta, total);
+  const at::Tensor losses = losses_in.contiguous();
+  const int64_t B = losses.size(0), count = losses.size(1) / 2;
+  int64_t D = 1;
+  for (const int64_t d : image_shape) D *= d;
+  check_spsa_stream("spsa_reduce", first, count, B, D, seed, offset);
+  TORCH_CHECK(losses.scalar_type() == at::kFloat || losses.scalar_type() == at::kDouble,
+              "spsa_reduce on CPU takes float32 or float64 losses, got ", losses.scalar_type());
+  std::vector<int64_t> shape{B};
+  shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+  at::Tensor grad = at::empty(shape, losses.options());
+  if (grad.numel() == 0) return grad;
+  AT_DISPATCH_FLOATING_TYPES(losses.scalar_type(), "spsa_reduce_cpu", [&] {
+    spsa_reduce_kernel<scalar_t>(losses.const_data_ptr<scalar_t>(),
+                                 grad.mutable_data_ptr<scalar_t>(), B, D, first, count, delta,
+                                 static_cast<uint64_t>(seed), static_cast<uint32_t>(offset), total);
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(medhpc, CPU, m) {
+  m.impl("spsa_perturb", &spsa_perturb_cpu);
+  m.impl("spsa_reduce", &spsa_reduce_cpu);
+}
+
+}  // namespace medhpc

@@ -1,0 +1,152 @@
+// CUDA kernels of medhpc::spsa_perturb and medhpc::spsa_reduce.
+//
+// A warp owns one 4096-element tile of one direction: each lane draws its own 128-bit Philox
+// block and the warp writes 32 consecutive elements per step (coalesced), so the perturbed
+// copies go straight into the model's input buffer and directions are never stored. The
+// reduce regenerates the directions and keeps 32 accumulators per thread in registers; each
+// element's sum runs over directions in a fixed order (no atomics): bit-for-bit reproducible.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/rademacher.h"
+
+namespace medhpc {
+namespace {
+
+constexpr int kPerturbWarps = 8;  // directions per block of spsa_perturb
+constexpr int kReduceWarps = 4;   // one warp per 32-bit word of a lane's Philox block
+constexpr int64_t kMaxGridYZ = 65535;
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kPerturbWarps * 32)
+    spsa_perturb_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out, int64_t D,
+                        int64_t first, int64_t count, double delta, uint64_t seed,
+                        uint32_t offset, double clip_min, double clip_max) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tile = blockIdx.x, b = blockIdx.z;
+  const int64_t i = static_cast<int64_t>(blockIdx.y) * kPerturbWarps + threadIdx.x / 32;
+  if (i >= count) return;
+  const int lane = threadIdx.x & 31;
+  const acc_t d = static_cast<acc_t>(delta);
+  const acc_t lo = static_cast<acc_t>(clip_min), hi = static_cast<acc_t>(clip_max);
+  const Philox4 blk = spsa_block(seed, offset, tile, lane, first + i, b);
+  const scalar_t* xb = x + b * D;
+  scalar_t* plus = out + (b * 2 * count + 2 * i) * D;
+  scalar_t* minus = plus + D;
+#pragma unroll 4
+  for (int bit = 0; bit < 128; ++bit) {
+    const int64_t e = tile * kSpsaTile + bit * kSpsaLanes + lane;
+    if (e >= D) break;
+    const acc_t v = rademacher_sign<acc_t>(blk, bit);
+    const acc_t xv = static_cast<acc_t>(xb[e]);
+    plus[e] = static_cast<scalar_t>(clip(xv + d * v, lo, hi));
+    minus[e] = static_cast<scalar_t>(clip(xv - d * v, lo, hi));
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kReduceWarps * 32)
+    spsa_reduce_kernel(const scalar_t* __restrict__ losses, scalar_t* __restrict__ grad,
+                       int64_t D, int64_t first, int64_t count, double delta, uint64_t seed,
+                       uint32_t offset, int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tile = blockIdx.x, b = blockIdx.y;
+  const int word = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const acc_t scale = acc_t(1) / (acc_t(2) * static_cast<acc_t>(delta) * static_cast<acc_t>(total));
+  acc_t acc[32];
+#pragma unroll
+  for (int j = 0; j < 32; ++j) acc[j] = 0;
+  const scalar_t* lb = losses + b * 2 * count;
+  for (int64_t i = 0; i < count; ++i) {
+    const acc_t c = (static_cast<acc_t>(lb[2 * i]) - static_cast<acc_t>(lb[2 * i + 1])) * scale;
+    const Philox4 blk = spsa_block(seed, offset, tile, lane, first + i, b);
+    const uint32_t w = word == 0 ? blk.x0 : (word == 1 ? blk.x1 : (word == 2 ? blk.x2 : blk.x3));
+#pragma unroll
+    for (int j = 0; j < 32; ++j) acc[j] += ((w >> j) & 1u) ? c : -c;
+  }
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int64_t e = tile * kSpsaTile + (word * 32 + j) * kSpsaLanes + lane;
+    if (e < D) grad[b * D + e] = static_cast<scalar_t>(acc[j]);
+  }
+}
+
+at::Tensor spsa_perturb_cuda(const at::Tensor& x_in, int64_t first, int64_t count, double delta,
+                             int64_t seed, int64_t offset, double clip_min, double clip_max) {
+  check_spsa_perturb_inputs(x_in, delta, clip_min, clip_max);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
+  check_spsa_stream("spsa_perturb", first, count, B, D, seed, offset);
+  TORCH_CHECK(B <= kMaxGridYZ, "spsa_perturb on CUDA: at most ", kMaxGridYZ,
+              " images per call, got ", B, "; chunk the batch");
+  TORCH_CHECK((count + kPerturbWarps - 1) / kPerturbWarps <= kMaxGridYZ,
+              "spsa_perturb on CUDA: count ", count, " too large; chunk the directions");
+  std::vector<int64_t> shape{B, 2 * count};
+  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
+  at::Tensor out = at::empty(shape, x.options());
+  if (out.numel() == 0) return out;
+  const dim3 grid((D + kSpsaTile - 1) / kSpsaTile, (count + kPerturbWarps - 1) / kPerturbWarps, B);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spsa_perturb_cuda",
+                                  [&] {
+                                    spsa_perturb_kernel<scalar_t>
+                                        <<<grid, kPerturbWarps * 32, 0, stream>>>(
+                                            x.const_data_ptr<scalar_t>(),
+                                            out.mutable_data_ptr<scalar_t>(), D, first, count,
+                                            delta, static_cast<uint64_t>(seed),
+                                            static_cast<uint32_t>(offset), clip_min, clip_max);
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
+  return out;
+}
+
+at::Tensor spsa_reduce_cuda(const at::Tensor& losses_in, at::IntArrayRef image_shape,
+                            int64_t first, double delta, int64_t seed, int64_t offset,
+                            int64_t total) {
+  check_spsa_reduce_inputs(losses_in, image_shape, delta, total);
+  const c10::cuda::CUDAGuard guard(losses_in.device());
+  const at::Tensor losses = losses_in.contiguous();
+  const int64_t B = losses.size(0), count = losses.size(1) / 2;
+  int64_t D = 1;
+  for (const int64_t d : image_shape) D *= d;
+  check_spsa_stream("spsa_reduce", first, count, B, D, seed, offset);
+  TORCH_CHECK(B <= kMaxGridYZ, "spsa_reduce on CUDA: at most ", kMaxGridYZ,
+              " images per call, got ", B, "; chunk the batch");
+  std::vector<int64_t> shape{B};
+  shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+  at::Tensor grad = at::empty(shape, losses.options());
+  if (grad.numel() == 0) return grad;
+  const dim3 grid((D + kSpsaTile - 1) / kSpsaTile, B);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, losses.scalar_type(),
+                                  "spsa_reduce_cuda", [&] {
+                                    spsa_reduce_kernel<scalar_t>
+                                        <<<grid, kReduceWarps * 32, 0, stream>>>(
+                                            losses.const_data_ptr<scalar_t>(),
+                                            grad.mutable_data_ptr<scalar_t>(), D, first, count,
+                                            delta, static_cast<uint64_t>(seed),
+                                            static_cast<uint32_t>(offset), total);
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(medhpc, CUDA, m) {
+  m.impl("spsa_perturb", &spsa_perturb_cuda);
+  m.impl("spsa_reduce", &spsa_reduce_cuda);
+}
+
+}  // namespace medhpc
