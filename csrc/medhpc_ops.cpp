@@ -27,6 +27,10 @@ TORCH_LIBRARY(medhpc, m) {
   // stored. out[b, 2i] = clip(x[b] + delta v[b, first+i]), out[b, 2i+1] = clip(x[b] - delta v).
   m.def("spsa_perturb(Tensor x, int first, int count, float delta, int seed, int offset, "
         "float clip_min, float clip_max) -> Tensor");
+  // The same, written into a caller's buffer `out` (B, 2*count, ...): the model's input buffer,
+  // reused across iterations, so no probe batch is allocated (and page-faulted) per step.
+  m.def("spsa_perturb_out(Tensor x, int first, int count, float delta, int seed, int offset, "
+        "float clip_min, float clip_max, Tensor(a!) out) -> ()");
   // The gradient estimate of those directions from the losses (B, 2*count) of spsa_perturb's
   // output: sum_i (L[b, 2i] - L[b, 2i+1]) / (2 delta total) * v[b, first+i], shaped (B, *image_shape).
   m.def("spsa_reduce(Tensor losses, int[] image_shape, int first, float delta, int seed, "

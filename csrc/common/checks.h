@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 namespace medhpc {
 
 inline void check_vib_inputs(const at::Tensor& mu, const at::Tensor& a, int64_t seed,
@@ -60,6 +62,18 @@ inline void check_spsa_perturb_inputs(const at::Tensor& x, double delta, double 
   TORCH_CHECK(delta > 0, "spsa_perturb: delta must be > 0, got ", delta);
   TORCH_CHECK(!(clip_min > clip_max), "spsa_perturb: clip_min ", clip_min, " > clip_max ",
               clip_max);
+}
+
+// `out` of spsa_perturb_out: (B, 2*count, *x.shape[1:]), x's dtype and device, contiguous.
+inline void check_spsa_out(const at::Tensor& out, const at::Tensor& x, int64_t count) {
+  std::vector<int64_t> want{x.size(0), 2 * count};
+  want.insert(want.end(), x.sizes().begin() + 1, x.sizes().end());
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(want), "spsa_perturb_out: out must have shape ",
+              at::IntArrayRef(want), ", got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(),
+              "spsa_perturb_out: out must have x's dtype ", x.scalar_type(), " and device ",
+              x.device(), ", got ", out.scalar_type(), " on ", out.device());
+  TORCH_CHECK(out.is_contiguous(), "spsa_perturb_out: out must be contiguous");
 }
 
 inline void check_spsa_reduce_inputs(const at::Tensor& losses, at::IntArrayRef image_shape,

@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -18,12 +17,25 @@
 namespace medhpc {
 namespace {
 
-using Blocks = std::array<Philox4, kSpsaLanes>;
-
-void tile_blocks(Blocks& blocks, uint64_t seed, uint32_t offset, int64_t tile, int64_t k,
-                 int64_t b) {
+// The 4096 signs of one tile of direction k, in element order. Lanes run innermost, so the
+// expansion writes contiguously and the loops that consume the signs vectorise.
+template <typename acc_t>
+void tile_signs(acc_t* signs, uint64_t seed, uint32_t offset, int64_t tile, int64_t k, int64_t b) {
+  uint32_t words[4][kSpsaLanes];
   for (int64_t lane = 0; lane < kSpsaLanes; ++lane) {
-    blocks[lane] = spsa_block(seed, offset, tile, lane, k, b);
+    const Philox4 blk = spsa_block(seed, offset, tile, lane, k, b);
+    words[0][lane] = blk.x0;
+    words[1][lane] = blk.x1;
+    words[2][lane] = blk.x2;
+    words[3][lane] = blk.x3;
+  }
+  for (int bit = 0; bit < 128; ++bit) {
+    const uint32_t* w = words[bit >> 5];
+    const int shift = bit & 31;
+    acc_t* out = signs + bit * kSpsaLanes;
+    for (int64_t lane = 0; lane < kSpsaLanes; ++lane) {
+      out[lane] = static_cast<acc_t>(static_cast<int>((w[lane] >> shift) & 1u) * 2 - 1);
+    }
   }
 }
 
@@ -36,21 +48,20 @@ void spsa_perturb_kernel(const scalar_t* x, scalar_t* out, int64_t B, int64_t D,
   const acc_t lo = static_cast<acc_t>(clip_min), hi = static_cast<acc_t>(clip_max);
   const int64_t tiles = (D + kSpsaTile - 1) / kSpsaTile;
   at::parallel_for(0, B * count, 1, [&](int64_t r0, int64_t r1) {
-    Blocks blocks;
+    std::vector<acc_t> signs(kSpsaTile);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / count, i = r % count;
       const scalar_t* xb = x + b * D;
       scalar_t* plus = out + (b * 2 * count + 2 * i) * D;
       scalar_t* minus = plus + D;
       for (int64_t t = 0; t < tiles; ++t) {
-        tile_blocks(blocks, seed, offset, t, first + i, b);
-        const int64_t e_end = std::min(D, (t + 1) * kSpsaTile);
-        for (int64_t e = t * kSpsaTile; e < e_end; ++e) {
-          const int64_t local = e - t * kSpsaTile;
-          const acc_t v = rademacher_sign<acc_t>(blocks[local & 31], static_cast<int>(local >> 5));
-          const acc_t xv = static_cast<acc_t>(xb[e]);
-          plus[e] = static_cast<scalar_t>(clip(xv + d * v, lo, hi));
-          minus[e] = static_cast<scalar_t>(clip(xv - d * v, lo, hi));
+        tile_signs(signs.data(), seed, offset, t, first + i, b);
+        const int64_t e0 = t * kSpsaTile, n = std::min(D - e0, kSpsaTile);
+        const acc_t* v = signs.data();
+        for (int64_t l = 0; l < n; ++l) {
+          const acc_t xv = static_cast<acc_t>(xb[e0 + l]);
+          plus[e0 + l] = static_cast<scalar_t>(std::min(std::max(xv + d * v[l], lo), hi));
+          minus[e0 + l] = static_cast<scalar_t>(std::min(std::max(xv - d * v[l], lo), hi));
         }
       }
     }
@@ -65,46 +76,64 @@ void spsa_reduce_kernel(const scalar_t* losses, scalar_t* grad, int64_t B, int64
   const acc_t scale = acc_t(1) / (acc_t(2) * static_cast<acc_t>(delta) * static_cast<acc_t>(total));
   const int64_t tiles = (D + kSpsaTile - 1) / kSpsaTile;
   at::parallel_for(0, B * tiles, 1, [&](int64_t r0, int64_t r1) {
-    Blocks blocks;
-    std::vector<acc_t> acc(kSpsaTile);
+    std::vector<acc_t> signs(kSpsaTile), acc(kSpsaTile);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / tiles, t = r % tiles;
       const int64_t e0 = t * kSpsaTile, n = std::min(D - e0, kSpsaTile);
-      std::fill(acc.begin(), acc.begin() + n, acc_t(0));
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t i = 0; i < count; ++i) {
         const acc_t c = (static_cast<acc_t>(losses[b * 2 * count + 2 * i]) -
                          static_cast<acc_t>(losses[b * 2 * count + 2 * i + 1])) *
                         scale;
-        tile_blocks(blocks, seed, offset, t, first + i, b);
-        for (int64_t local = 0; local < n; ++local) {
-          acc[local] += c * rademacher_sign<acc_t>(blocks[local & 31], static_cast<int>(local >> 5));
-        }
+        tile_signs(signs.data(), seed, offset, t, first + i, b);
+        const acc_t* v = signs.data();
+        acc_t* a = acc.data();
+        for (int64_t l = 0; l < n; ++l) a[l] += c * v[l];
       }
-      for (int64_t local = 0; local < n; ++local) {
-        grad[b * D + e0 + local] = static_cast<scalar_t>(acc[local]);
-      }
+      for (int64_t l = 0; l < n; ++l) grad[b * D + e0 + l] = static_cast<scalar_t>(acc[l]);
     }
   });
 }
 
-at::Tensor spsa_perturb_cpu(const at::Tensor& x_in, int64_t first, int64_t count, double delta,
-                            int64_t seed, int64_t offset, double clip_min, double clip_max) {
-  check_spsa_perturb_inputs(x_in, delta, clip_min, clip_max);
+// Writes the probes into `out` (already checked to fit x).
+void spsa_perturb_into(const at::Tensor& x_in, int64_t first, int64_t count, double delta,
+                       int64_t seed, int64_t offset, double clip_min, double clip_max,
+                       at::Tensor& out) {
   const at::Tensor x = x_in.contiguous();
-  const int64_t B = x.size(0), D = x.numel() / std::max<int64_t>(B, 1);
-  check_spsa_stream("spsa_perturb", first, count, B, D, seed, offset);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "spsa_perturb on CPU takes float32 or float64, got ", x.scalar_type());
-  std::vector<int64_t> shape{B, 2 * count};
-  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
-  at::Tensor out = at::empty(shape, x.options());
-  if (out.numel() == 0) return out;
+  const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
+  if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spsa_perturb_cpu", [&] {
     spsa_perturb_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                                   B, D, first, count, delta, static_cast<uint64_t>(seed),
                                   static_cast<uint32_t>(offset), clip_min, clip_max);
   });
+}
+
+void check_perturb_cpu(const at::Tensor& x, int64_t first, int64_t count, double delta,
+                       int64_t seed, int64_t offset, double clip_min, double clip_max) {
+  check_spsa_perturb_inputs(x, delta, clip_min, clip_max);
+  const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
+  check_spsa_stream("spsa_perturb", first, count, B, D, seed, offset);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "spsa_perturb on CPU takes float32 or float64, got ", x.scalar_type());
+}
+
+at::Tensor spsa_perturb_cpu(const at::Tensor& x, int64_t first, int64_t count, double delta,
+                            int64_t seed, int64_t offset, double clip_min, double clip_max) {
+  check_perturb_cpu(x, first, count, delta, seed, offset, clip_min, clip_max);
+  std::vector<int64_t> shape{x.size(0), 2 * count};
+  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
+  at::Tensor out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  spsa_perturb_into(x, first, count, delta, seed, offset, clip_min, clip_max, out);
   return out;
+}
+
+void spsa_perturb_out_cpu(const at::Tensor& x, int64_t first, int64_t count, double delta,
+                          int64_t seed, int64_t offset, double clip_min, double clip_max,
+                          at::Tensor out) {
+  check_perturb_cpu(x, first, count, delta, seed, offset, clip_min, clip_max);
+  check_spsa_out(out, x, count);
+  spsa_perturb_into(x, first, count, delta, seed, offset, clip_min, clip_max, out);
 }
 
 at::Tensor spsa_reduce_cpu(const at::Tensor& losses_in, at::IntArrayRef image_shape,
@@ -134,6 +163,7 @@ at::Tensor spsa_reduce_cpu(const at::Tensor& losses_in, at::IntArrayRef image_sh
 
 TORCH_LIBRARY_IMPL(medhpc, CPU, m) {
   m.impl("spsa_perturb", &spsa_perturb_cpu);
+  m.impl("spsa_perturb_out", &spsa_perturb_out_cpu);
   m.impl("spsa_reduce", &spsa_reduce_cpu);
 }
 

@@ -81,21 +81,25 @@ __global__ void __launch_bounds__(kReduceWarps * 32)
   }
 }
 
-at::Tensor spsa_perturb_cuda(const at::Tensor& x_in, int64_t first, int64_t count, double delta,
-                             int64_t seed, int64_t offset, double clip_min, double clip_max) {
-  check_spsa_perturb_inputs(x_in, delta, clip_min, clip_max);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
+void check_perturb_cuda(const at::Tensor& x, int64_t first, int64_t count, double delta,
+                        int64_t seed, int64_t offset, double clip_min, double clip_max) {
+  check_spsa_perturb_inputs(x, delta, clip_min, clip_max);
   const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
   check_spsa_stream("spsa_perturb", first, count, B, D, seed, offset);
   TORCH_CHECK(B <= kMaxGridYZ, "spsa_perturb on CUDA: at most ", kMaxGridYZ,
               " images per call, got ", B, "; chunk the batch");
   TORCH_CHECK((count + kPerturbWarps - 1) / kPerturbWarps <= kMaxGridYZ,
               "spsa_perturb on CUDA: count ", count, " too large; chunk the directions");
-  std::vector<int64_t> shape{B, 2 * count};
-  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
-  at::Tensor out = at::empty(shape, x.options());
-  if (out.numel() == 0) return out;
+}
+
+// Writes the probes into `out` (already checked to fit x).
+void spsa_perturb_into(const at::Tensor& x_in, int64_t first, int64_t count, double delta,
+                       int64_t seed, int64_t offset, double clip_min, double clip_max,
+                       at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
+  if (out.numel() == 0) return;
   const dim3 grid((D + kSpsaTile - 1) / kSpsaTile, (count + kPerturbWarps - 1) / kPerturbWarps, B);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spsa_perturb_cuda",
@@ -108,7 +112,24 @@ at::Tensor spsa_perturb_cuda(const at::Tensor& x_in, int64_t first, int64_t coun
                                             static_cast<uint32_t>(offset), clip_min, clip_max);
                                     C10_CUDA_KERNEL_LAUNCH_CHECK();
                                   });
+}
+
+at::Tensor spsa_perturb_cuda(const at::Tensor& x, int64_t first, int64_t count, double delta,
+                             int64_t seed, int64_t offset, double clip_min, double clip_max) {
+  check_perturb_cuda(x, first, count, delta, seed, offset, clip_min, clip_max);
+  std::vector<int64_t> shape{x.size(0), 2 * count};
+  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
+  at::Tensor out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  spsa_perturb_into(x, first, count, delta, seed, offset, clip_min, clip_max, out);
   return out;
+}
+
+void spsa_perturb_out_cuda(const at::Tensor& x, int64_t first, int64_t count, double delta,
+                           int64_t seed, int64_t offset, double clip_min, double clip_max,
+                           at::Tensor out) {
+  check_perturb_cuda(x, first, count, delta, seed, offset, clip_min, clip_max);
+  check_spsa_out(out, x, count);
+  spsa_perturb_into(x, first, count, delta, seed, offset, clip_min, clip_max, out);
 }
 
 at::Tensor spsa_reduce_cuda(const at::Tensor& losses_in, at::IntArrayRef image_shape,
@@ -146,6 +167,7 @@ at::Tensor spsa_reduce_cuda(const at::Tensor& losses_in, at::IntArrayRef image_s
 
 TORCH_LIBRARY_IMPL(medhpc, CUDA, m) {
   m.impl("spsa_perturb", &spsa_perturb_cuda);
+  m.impl("spsa_perturb_out", &spsa_perturb_out_cuda);
   m.impl("spsa_reduce", &spsa_reduce_cuda);
 }
 

@@ -27,6 +27,7 @@ def spsa_perturb(
     seed: int,
     offset: int = 0,
     clip: tuple[float, float] = (0.0, 1.0),
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probes ``clip(x +- delta v)`` for directions ``first .. first+count-1`` of every image.
 
@@ -42,6 +43,10 @@ def spsa_perturb(
         Philox stream; use a fresh offset (e.g. the iteration) for fresh directions.
     clip : (min, max)
         Valid pixel range the probes are clipped to.
+    out : tensor, optional
+        A contiguous (B, 2*count, ...) buffer of x's dtype to write into, e.g. the model's
+        input buffer reused across iterations: a fresh probe batch of hundreds of MB costs
+        more in page faults on the CPU than writing the probes does.
 
     Returns
     -------
@@ -50,10 +55,18 @@ def spsa_perturb(
     """
     lo, hi = float(clip[0]), float(clip[1])
     if _ext.has_kernel("spsa_perturb", x.device.type):
-        return torch.ops.medhpc.spsa_perturb(x, first, count, float(delta), seed, offset, lo, hi)
+        if out is None:
+            return torch.ops.medhpc.spsa_perturb(x, first, count, float(delta), seed, offset, lo, hi)
+        torch.ops.medhpc.spsa_perturb_out(x, first, count, float(delta), seed, offset, lo, hi, out)
+        return out
     _ext.warn_fallback("spsa_perturb", x.device.type)
     _check_perturb(x, first, count, delta, lo, hi)
-    return reference.spsa_perturb(x, first, count, float(delta), seed, offset, lo, hi)
+    probes = reference.spsa_perturb(x, first, count, float(delta), seed, offset, lo, hi)
+    if out is None:
+        return probes
+    if out.shape != probes.shape or out.dtype != probes.dtype:
+        raise ValueError(f"out must be {tuple(probes.shape)} {probes.dtype}, got {tuple(out.shape)} {out.dtype}")
+    return out.copy_(probes)
 
 
 def spsa_reduce(
@@ -136,6 +149,20 @@ if _ext.loaded():
     ) -> torch.Tensor:
         torch._check(x.dim() >= 2, lambda: "x must be a batch (B, ...)")
         return x.new_empty((x.shape[0], 2 * count, *x.shape[1:]))
+
+    @torch.library.register_fake("medhpc::spsa_perturb_out")
+    def _spsa_perturb_out_fake(
+        x: torch.Tensor,
+        first: int,
+        count: int,
+        delta: float,
+        seed: int,
+        offset: int,
+        clip_min: float,
+        clip_max: float,
+        out: torch.Tensor,
+    ) -> None:
+        return None
 
     @torch.library.register_fake("medhpc::spsa_reduce")
     def _spsa_reduce_fake(

@@ -21,8 +21,11 @@ TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-
 def test_kernels_match_reference(device: str, dtype: torch.dtype) -> None:
     inputs = sample_inputs(device, dtype)
     for args in inputs["spsa_perturb"]:
-        got = torch.ops.medhpc.spsa_perturb(*args)
-        assert torch.equal(got, reference.spsa_perturb(*args)), args[1:]
+        want = reference.spsa_perturb(*args)
+        assert torch.equal(torch.ops.medhpc.spsa_perturb(*args), want), args[1:]
+        out = torch.full_like(want, float("nan"))
+        torch.ops.medhpc.spsa_perturb_out(*args, out)
+        assert torch.equal(out, want), args[1:]
     for args in inputs["spsa_reduce"]:
         got = torch.ops.medhpc.spsa_reduce(*args)
         torch.testing.assert_close(got, reference.spsa_reduce(*args), **TOL[dtype])
@@ -46,6 +49,8 @@ def test_opcheck(device: str) -> None:
     inputs = sample_inputs(device)
     for args in inputs["spsa_perturb"]:
         torch.library.opcheck(torch.ops.medhpc.spsa_perturb.default, args)
+        out = torch.empty_like(reference.spsa_perturb(*args))
+        torch.library.opcheck(torch.ops.medhpc.spsa_perturb_out.default, (*args, out))
     for args in inputs["spsa_reduce"]:
         torch.library.opcheck(torch.ops.medhpc.spsa_reduce.default, args)
 
@@ -133,6 +138,14 @@ def test_bad_arguments_name_themselves(device: str) -> None:
         perturb(x, 0, 1, 0.01, -1, 0, 0.0, 1.0)
     with pytest.raises(RuntimeError, match="spsa_perturb"):
         perturb(x.long(), 0, 1, 0.01, 0, 0, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="out must have shape"):
+        torch.ops.medhpc.spsa_perturb_out(x, 0, 2, 0.01, 0, 0, 0.0, 1.0, torch.empty(2, 3, 3, 4, 4, device=device))
+    with pytest.raises(RuntimeError, match="out must have x's dtype"):
+        out64 = torch.empty(2, 4, 3, 4, 4, device=device, dtype=torch.float64)
+        torch.ops.medhpc.spsa_perturb_out(x, 0, 2, 0.01, 0, 0, 0.0, 1.0, out64)
+    with pytest.raises(RuntimeError, match="out must be contiguous"):
+        strided = torch.empty(2, 4, 3, 4, 8, device=device)[..., ::2]
+        torch.ops.medhpc.spsa_perturb_out(x, 0, 2, 0.01, 0, 0, 0.0, 1.0, strided)
     with pytest.raises(RuntimeError, match=r"losses must be \(B, 2\*count\)"):
         reduce(torch.rand(2, 3, device=device), [3, 4, 4], 0, 0.01, 0, 0, 1)
     with pytest.raises(RuntimeError, match="total must be >= 1"):
