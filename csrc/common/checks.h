@@ -64,10 +64,16 @@ inline void check_spsa_perturb_inputs(const at::Tensor& x, double delta, double 
               clip_max);
 }
 
+// Shape of spsa_perturb's output: (B, 2*count, *x.shape[1:]).
+inline std::vector<int64_t> spsa_probe_shape(const at::Tensor& x, int64_t count) {
+  std::vector<int64_t> shape{x.size(0), 2 * count};
+  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
+  return shape;
+}
+
 // `out` of spsa_perturb_out: (B, 2*count, *x.shape[1:]), x's dtype and device, contiguous.
 inline void check_spsa_out(const at::Tensor& out, const at::Tensor& x, int64_t count) {
-  std::vector<int64_t> want{x.size(0), 2 * count};
-  want.insert(want.end(), x.sizes().begin() + 1, x.sizes().end());
+  const std::vector<int64_t> want = spsa_probe_shape(x, count);
   TORCH_CHECK(out.sizes() == at::IntArrayRef(want), "spsa_perturb_out: out must have shape ",
               at::IntArrayRef(want), ", got ", out.sizes());
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(),

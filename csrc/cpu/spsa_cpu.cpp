@@ -121,9 +121,8 @@ void check_perturb_cpu(const at::Tensor& x, int64_t first, int64_t count, double
 at::Tensor spsa_perturb_cpu(const at::Tensor& x, int64_t first, int64_t count, double delta,
                             int64_t seed, int64_t offset, double clip_min, double clip_max) {
   check_perturb_cpu(x, first, count, delta, seed, offset, clip_min, clip_max);
-  std::vector<int64_t> shape{x.size(0), 2 * count};
-  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
-  at::Tensor out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = at::empty(spsa_probe_shape(x, count),
+                             x.options().memory_format(at::MemoryFormat::Contiguous));
   spsa_perturb_into(x, first, count, delta, seed, offset, clip_min, clip_max, out);
   return out;
 }

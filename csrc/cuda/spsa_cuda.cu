@@ -117,9 +117,8 @@ void spsa_perturb_into(const at::Tensor& x_in, int64_t first, int64_t count, dou
 at::Tensor spsa_perturb_cuda(const at::Tensor& x, int64_t first, int64_t count, double delta,
                              int64_t seed, int64_t offset, double clip_min, double clip_max) {
   check_perturb_cuda(x, first, count, delta, seed, offset, clip_min, clip_max);
-  std::vector<int64_t> shape{x.size(0), 2 * count};
-  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
-  at::Tensor out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = at::empty(spsa_probe_shape(x, count),
+                             x.options().memory_format(at::MemoryFormat::Contiguous));
   spsa_perturb_into(x, first, count, delta, seed, offset, clip_min, clip_max, out);
   return out;
 }
