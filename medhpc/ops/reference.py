@@ -61,18 +61,25 @@ def philox_normal(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Standard normal numbers 0 .. numel-1 of the stream ``(seed, offset)``, in ``shape``.
-
-    Number ``i`` is Box-Muller on the first two words of Philox block ``i // 2`` (counter =
-    (block lo, block hi, offset lo, offset hi), key = (seed lo, seed hi)): the cosine branch
-    for even ``i``, the sine branch for odd ``i``; uniforms are ``(word + 0.5) * 2**-32``.
-    Computed in ``dtype`` (float32 or float64), as the kernels do.
-    """
-    _check_seed_offset(seed, offset)
+    """Standard normal numbers 0 .. numel-1 of the stream ``(seed, offset)``, in ``shape``."""
     numel = 1
     for n in shape:
         numel *= n
     index = torch.arange(numel, dtype=torch.int64, device=device)
+    return normal_at(index, seed, offset, dtype).reshape(shape)
+
+
+def normal_at(index: torch.Tensor, seed: int, offset: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal numbers at the positions ``index`` (int64) of the stream ``(seed, offset)``.
+
+    Number ``i`` is Box-Muller on the first two words of Philox block ``i // 2`` (counter =
+    (block lo, block hi, offset lo, offset hi), key = (seed lo, seed hi)): the cosine branch
+    for even ``i``, the sine branch for odd ``i``; uniforms are ``(word + 0.5) * 2**-32``.
+    Computed in ``dtype`` (float32 or float64), as the kernels do. Taking the positions as a
+    tensor (rather than building them inside) keeps the function compilable by
+    ``torch.compile``: inductor chokes on ten Philox rounds fed by an in-graph ``arange``.
+    """
+    _check_seed_offset(seed, offset)
     block = index >> 1
     zeros = torch.zeros_like(block)
     counter = (
@@ -87,8 +94,7 @@ def philox_normal(
     u2 = (x1.to(dtype) + 0.5) * scale
     radius = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * torch.pi) * u2
-    z = torch.where((index & 1).bool(), radius * torch.sin(theta), radius * torch.cos(theta))
-    return z.reshape(shape)
+    return torch.where((index & 1).bool(), radius * torch.sin(theta), radius * torch.cos(theta))
 
 
 def vib_sigma(a: torch.Tensor, relu: bool = True) -> torch.Tensor:
@@ -111,21 +117,37 @@ def vib_reparam(
     Returns ``z`` of shape (samples, B, K) with ``z[s] = mu + sigma * eps[s]`` and the
     per-example ``KL(N(mu, sigma^2) || N(0, I))`` of shape (B,), summed over the K latent
     dimensions (Alemi et al.) or averaged (``kl_mean``, Häkkinen & Raj's scripts). Half and
-    bfloat16 inputs are computed in float32, as the CUDA kernel does.
+    bfloat16 inputs are computed in float32, as the CUDA kernel does. ``eps[s, b, j]`` is
+    number ``(s * B + b) * K + j`` of the Philox stream ``(seed, offset)``.
     """
-    if mu.dim() != 2 or a.shape != mu.shape:
-        raise ValueError(f"mu and a must be 2-D of one shape, got {tuple(mu.shape)}, {tuple(a.shape)}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    index = torch.arange(samples * mu.numel(), dtype=torch.int64, device=mu.device)
+    return vib_reparam_at(mu, a, index.reshape(samples, *mu.shape), seed, offset, relu, kl_mean)
+
+
+def vib_reparam_at(
+    mu: torch.Tensor,
+    a: torch.Tensor,
+    index: torch.Tensor,
+    seed: int,
+    offset: int = 0,
+    relu: bool = True,
+    kl_mean: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`vib_reparam` with the noise positions given: ``index`` (S, B, K) int64, normally
+    ``arange(S*B*K)``. The form to hand to ``torch.compile`` (see :func:`normal_at`)."""
+    if mu.dim() != 2 or a.shape != mu.shape:
+        raise ValueError(f"mu and a must be 2-D of one shape, got {tuple(mu.shape)}, {tuple(a.shape)}")
+    if index.dim() != 3 or index.shape[1:] != mu.shape:
+        raise ValueError(f"index must be (S, {mu.shape[0]}, {mu.shape[1]}), got {tuple(index.shape)}")
     acc = torch.float64 if mu.dtype == torch.float64 else torch.float32
     mu_acc, a_acc = mu.to(acc), a.to(acc)
-    batch, latent = mu.shape
     sigma = vib_sigma(a_acc, relu)
-    eps = philox_normal((samples, batch, latent), seed, offset, dtype=acc, device=mu.device)
-    z = mu_acc + sigma * eps
+    z = mu_acc + sigma * normal_at(index, seed, offset, acc)
     kl = (0.5 * (mu_acc.square() + sigma.square() - 1.0) - torch.log(sigma)).sum(dim=-1)
     if kl_mean:
-        kl = kl / latent
+        kl = kl / mu.shape[1]
     return z.to(mu.dtype), kl.to(mu.dtype)
 
 
