@@ -71,6 +71,13 @@ inline std::vector<int64_t> spsa_probe_shape(const at::Tensor& x, int64_t count)
   return shape;
 }
 
+// Shape of spsa_reduce's output: (B, *image_shape).
+inline std::vector<int64_t> spsa_grad_shape(int64_t batch, at::IntArrayRef image_shape) {
+  std::vector<int64_t> shape{batch};
+  shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+  return shape;
+}
+
 // `out` of spsa_perturb_out: (B, 2*count, *x.shape[1:]), x's dtype and device, contiguous.
 inline void check_spsa_out(const at::Tensor& out, const at::Tensor& x, int64_t count) {
   const std::vector<int64_t> want = spsa_probe_shape(x, count);

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -141,14 +142,11 @@ at::Tensor spsa_reduce_cpu(const at::Tensor& losses_in, at::IntArrayRef image_sh
   check_spsa_reduce_inputs(losses_in, image_shape, delta, total);
   const at::Tensor losses = losses_in.contiguous();
   const int64_t B = losses.size(0), count = losses.size(1) / 2;
-  int64_t D = 1;
-  for (const int64_t d : image_shape) D *= d;
+  const int64_t D = c10::multiply_integers(image_shape);
   check_spsa_stream("spsa_reduce", first, count, B, D, seed, offset);
   TORCH_CHECK(losses.scalar_type() == at::kFloat || losses.scalar_type() == at::kDouble,
               "spsa_reduce on CPU takes float32 or float64 losses, got ", losses.scalar_type());
-  std::vector<int64_t> shape{B};
-  shape.insert(shape.end(), image_shape.begin(), image_shape.end());
-  at::Tensor grad = at::empty(shape, losses.options());
+  at::Tensor grad = at::empty(spsa_grad_shape(B, image_shape), losses.options());
   if (grad.numel() == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(losses.scalar_type(), "spsa_reduce_cpu", [&] {
     spsa_reduce_kernel<scalar_t>(losses.const_data_ptr<scalar_t>(),

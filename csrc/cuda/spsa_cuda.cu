@@ -12,10 +12,10 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <cstdint>
-#include <vector>
 
 #include "common/checks.h"
 #include "common/rademacher.h"
@@ -138,14 +138,11 @@ at::Tensor spsa_reduce_cuda(const at::Tensor& losses_in, at::IntArrayRef image_s
   const c10::cuda::CUDAGuard guard(losses_in.device());
   const at::Tensor losses = losses_in.contiguous();
   const int64_t B = losses.size(0), count = losses.size(1) / 2;
-  int64_t D = 1;
-  for (const int64_t d : image_shape) D *= d;
+  const int64_t D = c10::multiply_integers(image_shape);
   check_spsa_stream("spsa_reduce", first, count, B, D, seed, offset);
   TORCH_CHECK(B <= kMaxGridYZ, "spsa_reduce on CUDA: at most ", kMaxGridYZ,
               " images per call, got ", B, "; chunk the batch");
-  std::vector<int64_t> shape{B};
-  shape.insert(shape.end(), image_shape.begin(), image_shape.end());
-  at::Tensor grad = at::empty(shape, losses.options());
+  at::Tensor grad = at::empty(spsa_grad_shape(B, image_shape), losses.options());
   if (grad.numel() == 0) return grad;
   const dim3 grid((D + kSpsaTile - 1) / kSpsaTile, B);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -273,9 +273,9 @@ def make_synthetic(
         "lesions": paint.lesions,
         "n_unlabelled": n_unlabelled if kind == "aptos" else 0,
     }
-    done = _finished_generation(out, params)
-    if done is not None:
-        return done
+    n_pos_done = _finished_generation(out, params)
+    if n_pos_done is not None:
+        return SynthSummary(root=out, kind=kind, n_images=n, n_positive=n_pos_done)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "aptos":
         tasks, n_pos = _aptos_tasks(out, n, paint, n_unlabelled)
@@ -290,9 +290,9 @@ def make_synthetic(
     return SynthSummary(root=out, kind=kind, n_images=n, n_positive=n_pos)
 
 
-def _finished_generation(out: Path, params: dict[str, object]) -> SynthSummary | None:
-    """The summary of a finished generation with ``params`` already in ``out``, or None when
-    ``out`` is missing or empty; any other content is an error that names the folder."""
+def _finished_generation(out: Path, params: dict[str, object]) -> int | None:
+    """The positive count of a finished generation with ``params`` already in ``out``, or None
+    when ``out`` is missing or empty; any other content is an error that names the folder."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return None
     record = out / SYNTH_RECORD
@@ -307,4 +307,4 @@ def _finished_generation(out: Path, params: dict[str, object]) -> SynthSummary |
         diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} asked" for k, v in params.items() if old.get(k) != v)
         raise DataError(f"{out} already holds a synthetic dataset with other parameters ({diff}); choose another --out")
     log.info("%s already holds this synthetic %s dataset (%s); keeping it", out, params["kind"], record)
-    return SynthSummary(root=out, kind=str(params["kind"]), n_images=int(str(params["n"])), n_positive=n_pos)
+    return n_pos
