@@ -1,0 +1,104 @@
+"""Classification metrics of the first seed's Appendix A, with a confidence interval.
+
+Plain numpy so that reports can recompute them from stored predictions. The positive class
+is 1 (referable retinopathy, pneumonia).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion: sensible at 0 %, 100 % and small n (unlike the
+    normal approximation, which can leave [0, 1])."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)  # exact at the edges, not 1 - 1e-16
+    return (lo, hi)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied scores counted half); None when
+    only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size, dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties (1-based).
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else 0.0
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Accuracy (with 95 % Wilson interval), precision, recall, F1, ROC-AUC, balanced accuracy
+    and the confusion counts, from labels (N,) and class probabilities (N, 2).
+
+    The prediction is the arg-max class; ROC-AUC ranks by the positive-class probability.
+    Precision (or recall) with no predicted (or actual) positives is 0.0.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"probs must be (N, classes) for N={labels.shape[0]} labels, got {probs.shape}")
+    preds = probs.argmax(axis=1)
+    n = int(labels.size)
+    correct = int((preds == labels).sum())
+    out: dict[str, Any] = {"n": n, "accuracy": _ratio(correct, n), "accuracy_ci95": list(wilson_interval(correct, n))}
+    if probs.shape[1] == 2:
+        tp = int(((preds == 1) & (labels == 1)).sum())
+        fp = int(((preds == 1) & (labels == 0)).sum())
+        fn = int(((preds == 0) & (labels == 1)).sum())
+        tn = int(((preds == 0) & (labels == 0)).sum())
+        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        out.update(
+            precision=precision,
+            recall=recall,
+            f1=_ratio(2 * tp, 2 * tp + fp + fn),
+            specificity=_ratio(tn, tn + fp),
+            balanced_accuracy=(recall + _ratio(tn, tn + fp)) / 2.0,
+            roc_auc=roc_auc(labels, probs[:, 1]),
+            tp=tp,
+            fp=fp,
+            fn=fn,
+            tn=tn,
+        )
+    else:  # macro averages, one-vs-rest AUC
+        per = []
+        for c in range(probs.shape[1]):
+            tp = int(((preds == c) & (labels == c)).sum())
+            fp = int(((preds == c) & (labels != c)).sum())
+            fn = int(((preds != c) & (labels == c)).sum())
+            per.append((_ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn)))
+        aucs = [roc_auc(labels == c, probs[:, c]) for c in range(probs.shape[1])]
+        valid = [a for a in aucs if a is not None]
+        out.update(
+            precision=float(np.mean([p[0] for p in per])),
+            recall=float(np.mean([p[1] for p in per])),
+            f1=float(np.mean([p[2] for p in per])),
+            balanced_accuracy=float(np.mean([p[1] for p in per])),
+            roc_auc=float(np.mean(valid)) if valid else None,
+        )
+    return out

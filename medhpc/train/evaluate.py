@@ -1,0 +1,99 @@
+"""Clean evaluation: run a model over a cache split and compute Appendix A's metrics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from medhpc.data.cache import CacheLoader, to_float
+from medhpc.metrics import binary_metrics
+
+log = logging.getLogger(__name__)
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    device: torch.device,
+    image_size: int | None,
+    channels_last: bool,
+) -> torch.Tensor:
+    """uint8 (B,3,S,S) -> float [0, 1] on ``device``, resized to ``image_size`` if given."""
+    x = to_float(images, device, non_blocking=True)
+    if image_size is not None and x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: CacheLoader,
+    device: torch.device,
+    *,
+    image_size: int | None = None,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> dict[str, np.ndarray]:
+    """Labels (N,), logits (N, C) and the VIB head's KL (N,) or None over one split.
+
+    The model runs in eval mode (a VIB model averages its evaluation samples). Its noise
+    comes from a generator seeded with ``seed`` inside a forked RNG, so evaluating neither
+    depends on nor disturbs the training run's random stream.
+    """
+    was_training = model.training
+    model.eval()
+    labels, logits, kls = [], [], []
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in tqdm(loader, desc=f"eval {loader.dataset.split}", leave=False, disable=None if progress is None else not progress):
+            images, y = batch[0], batch[1]
+            x = prepare_batch(images, device, image_size, channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                out = model.forward_train(x) if hasattr(model, "forward_train") else None
+                z = out.logits if out is not None else model(x)
+            logits.append(z.float())
+            if out is not None and out.kl is not None:
+                kls.append(out.kl.float())
+            labels.append(y)
+    model.train(was_training)
+    result = {
+        "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+        "logits": torch.cat(logits).cpu().numpy() if logits else np.zeros((0, 2), np.float32),
+    }
+    if kls:
+        result["kl"] = torch.cat(kls).cpu().numpy()
+    return result
+
+
+def metrics_of(pred: dict[str, np.ndarray], class_weights: torch.Tensor | None = None, beta: float = 0.0) -> dict[str, Any]:
+    """Appendix A metrics plus the loss (cross-entropy, + beta * mean KL for a VIB model)."""
+    logits = torch.from_numpy(pred["logits"]).double()
+    labels = torch.from_numpy(pred["labels"])
+    probs = torch.softmax(logits, dim=1).numpy()
+    out = binary_metrics(pred["labels"], probs)
+    w = class_weights.double().cpu() if class_weights is not None else None
+    loss = F.cross_entropy(logits, labels, weight=w).item() if labels.numel() else float("nan")
+    if "kl" in pred and pred["kl"].size:
+        kl = float(pred["kl"].mean())
+        out["kl"] = kl
+        loss += beta * kl
+    out["loss"] = loss
+    return out
+
+
+def write_predictions(pred: dict[str, np.ndarray], path: Path) -> None:
+    """Per-image labels and logits of a split (npz), so reports can recompute any metric."""
+    from medhpc import atomic
+
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **pred)

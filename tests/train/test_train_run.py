@@ -1,0 +1,214 @@
+"""Training runs: outputs, the kept model, skip on rerun, exact resume after SIGKILL, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medhpc.config import ConfigError
+from medhpc.data.errors import DataError
+from medhpc.train import from_mapping, run_dir, train
+from medhpc.train.checkpoint import CheckpointError, Progress
+from medhpc.train.checkpoint import load as load_ckpt
+from medhpc.train.loop import class_weights, record_epoch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config(cache: Path, out: Path, **extra: object) -> dict:
+    base = {
+        "model": {"arch": "resnet50", "head": "linear"},
+        "data": {"cache": str(cache)},
+        "optim": {"name": "adam", "lr": 1e-3},
+        "epochs": 3,
+        "batch_size": 16,
+        "out": str(out),
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return train(from_mapping(config(tiny_cache, out, epochs=3)), progress=False)
+
+
+def test_a_run_writes_config_checkpoints_history_and_metrics(finished_run: Path) -> None:
+    names = {p.name for p in finished_run.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "history.json", "metrics.json"} <= names
+    assert {"predictions-val.npz", "predictions-test.npz"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        m = metrics[split]
+        for key in ("accuracy", "accuracy_ci95", "precision", "recall", "f1", "roc_auc", "tp", "fp", "fn", "tn", "loss"):
+            assert key in m, key
+        assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == m["n"]
+    pred = np.load(finished_run / "predictions-test.npz")
+    assert pred["logits"].shape == (metrics["test"]["n"], 2)
+
+
+def test_the_kept_model_is_the_one_with_the_best_validation_loss(finished_run: Path) -> None:
+    history = json.loads((finished_run / "history.json").read_text())
+    best_epoch = 1 + int(np.argmin([h["val_loss"] for h in history]))
+    best = load_ckpt(finished_run / "best.pt")
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert best["epoch"] == best_epoch == metrics["best_epoch"]
+    # The final evaluation really ran on the kept weights: its validation loss is the best one.
+    assert metrics["val"]["loss"] == pytest.approx(min(h["val_loss"] for h in history), rel=1e-5)
+    if best_epoch != len(history):
+        last = load_ckpt(finished_run / "last.pt")
+        assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+
+
+def test_a_finished_run_is_skipped_on_rerun(finished_run: Path) -> None:
+    cfg = from_mapping(config(Path(json.loads((finished_run / "metrics.json").read_text())["cache"]), finished_run.parent))
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    assert train(cfg, progress=False) == finished_run
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == stamps
+
+
+def write_config(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_cli(cfg: Path, **kw: object) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "medhpc.train", str(cfg), "--quiet"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )  # fmt: skip
+
+
+def test_a_run_killed_midway_resumes_to_identical_weights(tiny_cache: Path, tmp_path: Path) -> None:
+    data = config(tiny_cache, tmp_path / "a", epochs=3, batch_size=8, model={"head": "vib"})
+    data["model"]["vib"] = {"latent": 16}
+    whole = run_cli(write_config(tmp_path / "a.yaml", data))
+    out_w, err_w = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err_w
+
+    data["out"] = str(tmp_path / "b")
+    cfg_b = write_config(tmp_path / "b.yaml", data)
+    run_b = run_dir(from_mapping(data))
+    killed = run_cli(cfg_b)
+    deadline = time.monotonic() + 300
+    while not (run_b / "last.pt").exists():  # epoch 1 done; epoch 2 takes seconds
+        assert killed.poll() is None, killed.communicate()[1]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert load_ckpt(run_b / "last.pt")["progress"]["epoch"] < 3 and not (run_b / "metrics.json").exists()
+
+    resumed = run_cli(cfg_b)
+    out_r, err_r = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err_r
+    assert "resuming after epoch" in err_r
+
+    run_a = Path(out_w.strip())
+    assert run_a.name == run_b.name  # same config hash: the output folder does not count
+    for name in ("last.pt", "best.pt"):
+        a, b = load_ckpt(run_a / name), load_ckpt(run_b / name)
+        assert a["model"].keys() == b["model"].keys()
+        different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+        assert different == [], f"{name}: {different[:5]}"
+    ma = json.loads((run_a / "metrics.json").read_text())
+    mb = json.loads((run_b / "metrics.json").read_text())
+    assert ma["test"] == mb["test"] and ma["best_epoch"] == mb["best_epoch"]
+
+
+def test_early_stopping_rule() -> None:
+    state = Progress()
+    assert record_epoch(state, 1.0, patience=2)
+    assert not record_epoch(state, 1.0, patience=2)  # equal is not better
+    assert record_epoch(state, 0.5, patience=2)
+    assert not record_epoch(state, float("nan"), patience=2)
+    assert not state.stopped_early
+    assert not record_epoch(state, 0.7, patience=2)
+    assert state.stopped_early and state.best_epoch == 3 and state.epoch == 5
+    state = Progress()
+    assert record_epoch(state, 1.0, None, min_delta=0.1)
+    assert not record_epoch(state, 0.95, None, min_delta=0.1)  # not by more than min_delta
+    assert record_epoch(state, 0.85, None, min_delta=0.1)
+
+
+def test_early_stopping_ends_a_run(tiny_cache: Path, tmp_path: Path) -> None:
+    # Only the first epoch can improve by more than min_delta: patience 1 stops after epoch 2.
+    cfg = from_mapping(config(tiny_cache, tmp_path, epochs=6, patience=1, min_delta=1e9))
+    run = train(cfg, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    assert metrics["stopped_early"] and metrics["epochs_run"] == len(history) == 2
+    assert metrics["best_epoch"] == 1
+
+
+def test_class_weights_are_n_over_n_c() -> None:
+    w = class_weights(np.array([0, 0, 0, 1]), 2)
+    torch.testing.assert_close(w, torch.tensor([4 / 3, 4.0]))
+    with pytest.raises(DataError, match=r"class\(es\) \[1\] have no training images"):
+        class_weights(np.array([0, 0]), 2)
+
+
+def test_vib_recipe_trains_the_head_on_a_copied_frozen_backbone(finished_run: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    data = config(tiny_cache, tmp_path, preset="vib", epochs=1, init_from=str(finished_run))
+    del data["optim"]
+    data["model"] = {"arch": "resnet50", "vib": {"latent": 16, "eval_samples": 3}}
+    cfg = from_mapping(data)
+    assert cfg.model.freeze_backbone and cfg.optim.name == "adam"
+    run = train(cfg, progress=False)
+    base = load_ckpt(finished_run / "best.pt")["model"]
+    vib = load_ckpt(run / "best.pt")["model"]
+    backbone = [k for k in base if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(base[k], vib[k]) for k in backbone)
+    assert json.loads((run / "metrics.json").read_text())["eval_samples"] == 3
+
+
+def test_bad_inputs_are_named(tiny_cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist: .*missing.h5"):
+        train(from_mapping(config(tmp_path / "missing.h5", tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="model.classes is 3 but the cache .* has 2 classes"):
+        train(from_mapping(config(tiny_cache, tmp_path, model={"classes": 3})), progress=False)
+    with pytest.raises(ConfigError, match="inception_v3 needs images of at least 75 px"):
+        train(from_mapping(config(tiny_cache, tmp_path, model={"arch": "inception_v3"})), progress=False)
+    with pytest.raises(ConfigError, match="init_from: .* holds a resnet50 model"):
+        bogus = tmp_path / "r"
+        bogus.mkdir()
+        torch.save({"format": 1, "model": {}, "config": {"model": {"arch": "resnet50"}}}, bogus / "best.pt")
+        train(from_mapping(config(tiny_cache, tmp_path, model={"arch": "inception_v3"}, data={"image_size": 75},
+                                  init_from=str(bogus))), progress=False)  # fmt: skip
+
+
+def test_a_damaged_checkpoint_is_named_not_silently_restarted(tiny_cache: Path, tmp_path: Path) -> None:
+    cfg = from_mapping(config(tiny_cache, tmp_path, epochs=1))
+    run = run_dir(cfg)
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*last.pt"):
+        train(cfg, progress=False)
+    assert (run / "last.pt").read_bytes() == b"PK\x03\x04 truncated"  # nothing overwritten
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {arch: resnet50}\ndata: {cache: c.h5}\noptim: {lr: 0}\n")
+    proc = subprocess.run([sys.executable, "-m", "medhpc.train", str(cfg)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("optim.lr: must be > 0, got 0.0") and "Traceback" not in proc.stderr
+    assert str(cfg) in proc.stderr
