@@ -109,7 +109,10 @@ def _build(cls: type[T], data: Any, prefix: str) -> T:
             kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise _Bad(f"{prefix}{name}", "missing (required)")
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except _Bad as exc:  # raised by a __post_init__: name the key from the top
+        raise _Bad(f"{prefix}{exc.key}", exc.message) from None
     check = getattr(obj, "_check", None)
     if check is not None:
         try:

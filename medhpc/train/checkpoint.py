@@ -114,3 +114,28 @@ def resolve(path: Path | str) -> Path:
     """A run folder means its kept model (``best.pt``); a file means itself."""
     path = Path(path)
     return path / BEST if path.is_dir() else path
+
+
+def load_model(source: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The kept model of a run (folder or checkpoint file), in eval mode, and its run config.
+
+    The architecture is rebuilt from the config stored in the checkpoint, with
+    ``weights: none`` (the checkpoint's weights replace any initial weights, so an ImageNet
+    file need not be present where the model is attacked).
+    """
+    from dataclasses import replace
+
+    from medhpc.config import ConfigError, from_dict
+    from medhpc.models import ModelConfig, build_model
+
+    path = resolve(source)
+    ckpt = load(path, map_location="cpu")
+    try:
+        cfg = from_dict(ModelConfig, ckpt["config"]["model"], source=str(path))
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{path} holds no model config") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: stored model config is not valid here: {exc}") from None
+    model = build_model(replace(cfg, weights="none"))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt["config"]
