@@ -103,3 +103,11 @@ def test_a_missing_run_is_named(tmp_path: Path) -> None:
     cfg = from_dict(RobustnessConfig, {"run": str(tmp_path / "nope"), "preset": "paper", "out": str(tmp_path)})
     with pytest.raises(CheckpointError, match="does not exist: .*nope"):
         evaluate_run(cfg)
+
+
+def test_shipped_attack_configs_load() -> None:
+    folder = ROOT / "medhpc" / "configs"
+    files = sorted(folder.glob("attack-*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        assert load_config(path, {"run": "somewhere"}).attack_list()

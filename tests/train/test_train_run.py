@@ -212,3 +212,12 @@ def test_cli_reports_bad_config_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("optim.lr: must be > 0, got 0.0") and "Traceback" not in proc.stderr
     assert str(cfg) in proc.stderr
+
+
+def test_inception_trains_with_aux_logits_on_resized_batches(tiny_cache: Path, tmp_path: Path) -> None:
+    """A 32 px cache resized on the fly to InceptionV3's minimum (data.image_size)."""
+    cfg = from_mapping(config(tiny_cache, tmp_path, epochs=1, model={"arch": "inception_v3"}, data={"image_size": 75}))
+    run = train(cfg, progress=False)
+    state = load_ckpt(run / "best.pt")["model"]
+    assert any(k.startswith("backbone.AuxLogits.fc") for k in state)
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] > 0

@@ -1,0 +1,61 @@
+"""Training and models on CUDA: bf16 / fp16 autocast, channels_last, the CUDA VIB kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medhpc.models import ModelConfig, build_model, fixed_noise
+from medhpc.train import from_mapping, train
+from medhpc.train.checkpoint import load as load_ckpt
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("head", ["linear", "vib", "attention"])
+def test_training_on_cuda_with_autocast_and_channels_last(
+    tiny_cache: Path, tmp_path: Path, precision: str, head: str
+) -> None:
+    cfg = from_mapping(
+        {
+            "model": {"arch": "resnet50", "head": head},
+            "data": {"cache": str(tiny_cache)},
+            "optim": {"name": "adam", "lr": 1e-3},
+            "epochs": 2,
+            "device": "cuda",
+            "precision": precision,
+            "out": str(tmp_path),
+        }
+    )
+    run = train(cfg, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["device"].startswith("cuda")
+    state = load_ckpt(run / "best.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    if precision == "fp16":
+        assert load_ckpt(run / "last.pt")["scaler"] is not None
+
+
+def test_inception_trains_on_cuda_at_299(tmp_path: Path) -> None:
+    model = build_model(ModelConfig(arch="inception_v3")).cuda().to(memory_format=torch.channels_last).train()
+    x = torch.rand(8, 3, 299, 299, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.forward_train(x)
+    assert out.aux_logits is not None and out.aux_logits.shape == (8, 2)
+    (out.logits.float().sum() + out.aux_logits.float().sum()).backward()
+
+
+def test_vib_head_on_cuda_matches_cpu_for_the_same_draw() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="resnet50", head="vib")).eval()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad(), fixed_noise(model, seed=11):
+        cpu = model.sample_logits(x, samples=5)
+    model.cuda()
+    with torch.no_grad(), fixed_noise(model, seed=11):
+        gpu = model.sample_logits(x.cuda(), samples=5)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
