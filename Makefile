@@ -19,10 +19,12 @@ EXT_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
 .PHONY: setup demo test bench clean
 
-$(VENV)/.deps: requirements-pinned.txt
+$(VENV)/.deps: requirements-pinned.txt requirements-refs.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-pinned.txt
+	# Attack references for the parity tests: --no-deps, see requirements-refs.txt.
+	$(PY) -m pip install -q --no-deps -r requirements-refs.txt
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
@@ -37,6 +39,9 @@ demo: setup
 	$(PY) -m medhpc.data synth --kind cxr --n 600 --size 128 --seed 0 --out $(DEMO_DIR)/data/cxr
 	$(PY) -m medhpc.data prepare --kind aptos --root $(DEMO_DIR)/data/aptos --size 64 --out $(DEMO_DIR)/cache/aptos-64.h5
 	$(PY) -m medhpc.data prepare --kind cxr --root $(DEMO_DIR)/data/cxr --size 64 --out $(DEMO_DIR)/cache/cxr-64.h5
+	run=$$($(PY) -m medhpc.train medhpc/configs/train-demo.yaml --quiet \
+	    --set data.cache=$(DEMO_DIR)/cache/aptos-64.h5 --set out=$(DEMO_DIR)/runs | tail -n 1); \
+	$(PY) -m medhpc.attack medhpc/configs/attack-demo.yaml --quiet --set run="$$run"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ gradient-masking warnings, is written as ``robustness-<config hash>.json`` in th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -37,8 +38,10 @@ class RobustnessConfig:
     """Which model, which images, which attacks.
 
     ``run``: a training run folder (its kept model ``best.pt``) or a checkpoint file.
-    ``attacks`` lists attack configs; ``preset: paper`` adds the paper's rows in
-    ``label_mode`` (the scripts attacked the model's own predictions: ``pred``). ``cache``
+    ``attacks`` lists attack configs; ``preset: paper`` adds the paper's rows first.
+    ``label_mode``, when given, sets the label mode of every attack (``pred``: the model's own
+    predictions, as the scripts did; ``true``: the true labels); left out, each listed attack
+    keeps its own (default ``true``) and the preset's rows use ``pred``. ``cache``
     defaults to the run's own cache, ``split`` to its test split; ``limit`` takes the first
     images only (smoke runs).
     """
@@ -46,7 +49,7 @@ class RobustnessConfig:
     run: str
     attacks: tuple[AttackConfig, ...] = ()
     preset: Literal["paper"] | None = None
-    label_mode: Literal["true", "pred"] = "pred"
+    label_mode: Literal["true", "pred"] | None = None
     cache: str | None = None
     split: Literal["train", "val", "test"] = "test"
     limit: int | None = None
@@ -64,10 +67,17 @@ class RobustnessConfig:
             raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**63:
             raise bad("seed", f"must be in [0, 2**63), got {self.seed}")
+        if self.label_mode == "pred":
+            targeted = [i for i, a in enumerate(self.attacks) if a.targeted]
+            if targeted:
+                raise bad(f"attacks[{targeted[0]}].targeted", "a targeted attack needs label_mode 'true'")
 
     def attack_list(self) -> list[AttackConfig]:
-        rows = list(paper_attacks(self.label_mode)) if self.preset == "paper" else []
-        return rows + list(self.attacks)
+        rows = list(paper_attacks(self.label_mode or "pred")) if self.preset == "paper" else []
+        rows += list(self.attacks)
+        if self.label_mode is not None:
+            rows = [dataclasses.replace(a, label_mode=self.label_mode) for a in rows]
+        return rows
 
 
 def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> RobustnessConfig:

@@ -84,6 +84,17 @@ def test_paper_preset_is_the_appendix_rows() -> None:
     assert all(a.label_mode == "pred" for a in cfg.attack_list())
 
 
+def test_top_level_label_mode_applies_to_every_attack() -> None:
+    listed = [{"attack": "none"}, {"attack": "fgsm", "eps": 0.1}]
+    kept = from_dict(RobustnessConfig, {"run": "r", "attacks": listed})
+    assert [a.label_mode for a in kept.attack_list()] == ["true", "true"]
+    pred = from_dict(RobustnessConfig, {"run": "r", "attacks": listed, "preset": "paper", "label_mode": "pred"})
+    assert {a.label_mode for a in pred.attack_list()} == {"pred"} and len(pred.attack_list()) == 13
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.targeted: a targeted attack needs label_mode 'true'"):
+        from_dict(RobustnessConfig, {"run": "r", "label_mode": "pred",
+                                     "attacks": [{"attack": "fgsm", "eps": 0.1, "targeted": True}]})  # fmt: skip
+
+
 def test_bad_robustness_configs_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("run: x\nattacks:\n  - {attack: fgsm}\n")

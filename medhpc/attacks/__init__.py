@@ -1,0 +1,38 @@
+"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE (with EOT), and evaluation.
+
+Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
+over a batch of images in the pixel range, batched on the images' device with no host
+synchronisation inside its iteration loop, reproducible from its seed. :class:`AttackConfig`
+and :func:`run_attack` describe and run one as a sweep job; :func:`evaluate_robustness` builds
+the accuracy-under-attack table with gradient-masking warnings.
+"""
+
+from medhpc.attacks.apgd import apgd_ce, checkpoint_schedule
+from medhpc.attacks.common import AttackResult, eot_gradient, perturbation_norms
+from medhpc.attacks.config import ATTACKS, AttackConfig, AttackConfigError, paper_attacks, run_attack
+from medhpc.attacks.cw import cw_l2
+from medhpc.attacks.fgsm import fgsm
+from medhpc.attacks.pgd import pgd
+from medhpc.attacks.robustness import evaluate_robustness, masking_warnings
+from medhpc.attacks.spsa import spsa, spsa_chunk, spsa_gradient
+
+__all__ = [
+    "ATTACKS",
+    "AttackConfig",
+    "AttackConfigError",
+    "AttackResult",
+    "apgd_ce",
+    "checkpoint_schedule",
+    "cw_l2",
+    "eot_gradient",
+    "evaluate_robustness",
+    "fgsm",
+    "masking_warnings",
+    "paper_attacks",
+    "perturbation_norms",
+    "pgd",
+    "run_attack",
+    "spsa",
+    "spsa_chunk",
+    "spsa_gradient",
+]

@@ -1,0 +1,182 @@
+"""Carlini-Wagner L2 (Carlini & Wagner 2017) with a per-image binary search over the constant c.
+
+Minimises ``||x' - x||² + c · max(z_y - max_{j≠y} z_j + κ, 0)`` (untargeted; targeted swaps
+the roles) over ``x' = lo + (hi - lo)(tanh(w) + 1)/2``, so every iterate is in the pixel box.
+CleverHans' defaults: 5 search steps of 1000 Adam iterations, lr 5e-3, c0 1e-2, κ 0.
+
+Unlike CleverHans 4.0.0's torch code, every image has its own constant (CleverHans broadcasts
+its (N, 1) constant against an (N,) loss, so each image is pushed with the batch-mean
+constant), each search step starts a fresh Adam state (CleverHans carries its moments over
+from one constant to the next), and failed images come back flagged. As in CleverHans, a search
+step continues from the previous step's last iterate (``warm_start``; Carlini's reference code
+and foolbox restart from ``x``). Adam is written out on tensors: it is elementwise, so an
+image's trajectory is a function of its own loss only and its result does not depend on what
+else is in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from medhpc.attacks.common import (
+    AttackResult,
+    Clip,
+    LabelMode,
+    check_batch,
+    check_count,
+    check_finite_clip,
+    check_label_mode,
+    check_number,
+    eot_gradient,
+    finish,
+    margin,
+    resolve_labels,
+    resolve_rng,
+    warn_training_mode,
+)
+from medhpc.models.noise import is_stochastic
+
+_UNBOUNDED = 1e10  # CleverHans' initial upper bound: "no success yet"
+_ADAM_EPS = 1e-8
+_BETAS = (0.9, 0.999)
+
+
+def cw_l2(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    steps: int = 1000,
+    search_steps: int = 5,
+    lr: float = 5e-3,
+    initial_const: float = 1e-2,
+    confidence: float = 0.0,
+    warm_start: bool = True,
+    clip: Clip | None = (0.0, 1.0),
+    label_mode: LabelMode = "true",
+    targeted: bool = False,
+    eot: int = 1,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Carlini-Wagner L2: the smallest successful perturbation found per image.
+
+    Parameters
+    ----------
+    steps : Adam iterations per search step (CleverHans: 1000).
+    search_steps : binary-search steps over c (CleverHans: 5). After a search step, an image
+        that succeeded halves towards its lower bound (c = (lo + hi) / 2 with hi = c); one that
+        failed multiplies c by 10 until a success bounds it, then bisects.
+    lr : Adam learning rate in tanh space (5e-3).
+    initial_const : c at the first search step (1e-2).
+    confidence : κ, the logit margin required for success (0).
+    warm_start : each search step continues from the previous one's last iterate with a fresh
+        Adam state (CleverHans 4 keeps the iterate, and also, wrongly, the Adam state); False
+        restarts every search step from ``x`` (Carlini's reference code, foolbox). At small
+        budgets warm starts find more and smaller perturbations; at 1000 iterations the two
+        nearly agree.
+    clip : the pixel box; must be finite (the tanh change of variables maps onto it).
+    eot : gradient (and the success check's logits) averaged over this many model draws.
+
+    Returns
+    -------
+    AttackResult with, per image, the smallest-L2 successful example seen during any search
+    step (the clean image where none was found), ``success``, the norms, and ``const``: the c
+    under which the kept example was found (NaN where none).
+    """
+    check_batch(x, y)
+    steps = check_count("steps", steps)
+    search_steps = check_count("search_steps", search_steps)
+    lr = check_number("lr", lr, strict=True)
+    initial_const = check_number("initial_const", initial_const, strict=True)
+    confidence = check_number("confidence", confidence)
+    lo, hi = check_finite_clip(clip, "cw_l2")
+    mode = check_label_mode(label_mode, y, targeted)
+    eot = check_count("eot", eot)
+    warn_training_mode(model, "cw_l2")
+    _, base = resolve_rng(x.device, seed, generator)
+
+    x = x.detach().clamp(lo, hi)
+    labels = resolve_labels(model, x, y, mode, base)
+    noisy = is_stochastic(model)
+    batch = x.shape[0]
+    bshape = (batch,) + (1,) * (x.dim() - 1)
+    scale = hi - lo
+    w0 = torch.atanh(((x - lo) / scale * 2 - 1) * 0.999999)
+
+    def to_image(w: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(w) + 1) / 2 * scale + lo
+
+    def success_of(logits: torch.Tensor) -> torch.Tensor:
+        # The label's logit is handicapped by κ (untargeted) or must win by κ (targeted).
+        m = margin(logits, labels)
+        return (m > confidence) if targeted else (m < -confidence)
+
+    const = torch.full((batch,), initial_const, dtype=x.dtype, device=x.device)
+    lower = torch.zeros_like(const)
+    upper = torch.full_like(const, _UNBOUNDED)
+    best_l2 = torch.full_like(const, math.inf)
+    best_adv = x.clone()
+    best_const = torch.full_like(const, math.nan)
+    beta1, beta2 = _BETAS
+
+    def hinge(logits: torch.Tensor) -> torch.Tensor:
+        # max(margin of the label + κ, 0): zero once the example succeeds with margin κ.
+        m = margin(logits, labels)
+        return torch.clamp((-m if targeted else m) + confidence, min=0)
+
+    w = w0.clone()
+    for search in range(search_steps):
+        if not warm_start:
+            w = w0.clone()
+        m1 = torch.zeros_like(w)
+        m2 = torch.zeros_like(w)
+        found = torch.zeros((batch,), dtype=torch.bool, device=x.device)
+        c = const
+
+        def weighted_hinge(logits: torch.Tensor, c: torch.Tensor = c) -> torch.Tensor:
+            return c * hinge(logits)
+
+        for it in range(steps):
+            grad, logits, _ = eot_gradient(
+                model,
+                x,
+                weighted_hinge,
+                eot=eot,
+                seed=base,
+                step=search * steps + it,
+                wrt=w,
+                transform=to_image,
+                stochastic=noisy,
+            )
+            # The distance term is deterministic: its gradient in closed form,
+            # d||x'(w) - x||² / dw = 2 (x' - x) · (hi - lo)/2 · (1 - tanh² w).
+            tanh_w = torch.tanh(w)
+            image = (tanh_w + 1) / 2 * scale + lo
+            diff = image - x
+            grad = grad + diff * scale * (1 - tanh_w.square())
+            # Book-keeping at the point the gradient was taken (before the step), as CleverHans.
+            l2sq = diff.square().flatten(1).sum(1)
+            ok = success_of(logits)
+            found |= ok
+            better = ok & (l2sq < best_l2)
+            best_l2 = torch.where(better, l2sq, best_l2)
+            best_adv = torch.where(better.view(bshape), image, best_adv)
+            best_const = torch.where(better, const, best_const)
+            # Adam, elementwise: no state is shared between images.
+            t = it + 1
+            m1.mul_(beta1).add_(grad, alpha=1 - beta1)
+            m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (m2 / (1 - beta2**t)).sqrt_().add_(_ADAM_EPS)
+            w = w - (lr / (1 - beta1**t)) * m1 / denom
+
+        # Binary search on c, per image.
+        upper = torch.where(found, torch.minimum(upper, const), upper)
+        lower = torch.where(found, lower, torch.maximum(lower, const))
+        bounded = upper < _UNBOUNDED / 10
+        const = torch.where(bounded, (lower + upper) / 2, const * 10)
+
+    return finish(model, x, best_adv, labels, targeted, base, const=best_const)

@@ -1,0 +1,241 @@
+"""Robustness evaluation: accuracy under each attack configuration, and gradient-masking flags.
+
+Runs every :class:`AttackConfig` on every batch, accumulates on the device (one read at the
+end), and returns plain, JSON-serialisable dicts: per attack the accuracy under attack (model
+prediction on the adversarial image vs the *true* label), the attack's success rate (w.r.t.
+the labels it attacked), and the mean L2 / L∞ of the perturbations; then warning flags for the
+signs of an unfair evaluation that Athalye et al. (2018) list (see :func:`masking_warnings`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medhpc.attacks.common import derive_seed, model_logits
+from medhpc.attacks.config import BOUNDED, AttackConfig, run_attack
+from medhpc.config import config_hash, to_dict
+
+log = logging.getLogger(__name__)
+
+WHITE_BOX: tuple[str, ...] = ("fgsm", "pgd", "apgd_ce")
+ITERATIVE: tuple[str, ...] = ("pgd", "apgd_ce")
+_FIELDS = ("n", "correct", "success", "l2", "linf", "l2_success", "linf_success")
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attacks: Sequence[AttackConfig],
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    tolerance: float = 0.01,
+    cw_max_accuracy: float = 0.05,
+    cw_min_success: float = 0.5,
+) -> dict[str, Any]:
+    """Accuracy under attack for each configuration, with gradient-masking warnings.
+
+    Parameters
+    ----------
+    model : the classifier, evaluated as it is (call ``eval()`` first).
+    batches : (x, y) pairs: images in the clip range and their true labels.
+    attacks : the configurations, e.g. :func:`medhpc.attacks.paper_attacks`.
+    seed : names every random draw; batch ``i`` runs attack ``j`` under a seed derived from
+        (seed, i, j), so results are reproducible and batches draw independently.
+    device : where to run (default: the model's).
+    progress : a tqdm bar over batches.
+    tolerance, cw_max_accuracy, cw_min_success : thresholds of :func:`masking_warnings`.
+
+    Returns
+    -------
+    ``{"n": images, "attacks": [row, ...], "warnings": [flag, ...]}``; each row holds the
+    config (``config`` and ``hash``), ``name``, ``accuracy``, ``success_rate``, ``mean_l2``,
+    ``mean_linf`` (over all images), ``mean_l2_successful``, ``mean_linf_successful``
+    (over the images the attack succeeded on; None if none). Targeted configs attack the class
+    after the true one, ``(y + 1) mod C``.
+    """
+    if not attacks:
+        raise ValueError("attacks must list at least one AttackConfig")
+    for i, cfg in enumerate(attacks):
+        if not isinstance(cfg, AttackConfig):
+            raise ValueError(f"attacks[{i}] must be an AttackConfig, got {type(cfg).__name__}")
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    totals: list[dict[str, torch.Tensor]] = [
+        {k: torch.zeros((), dtype=torch.float64, device=device) for k in _FIELDS} for _ in attacks
+    ]
+    for b, (x, y) in enumerate(tqdm(batches, desc="robustness", unit="batch", disable=not progress)):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True).long()
+        classes: int | None = None
+        for j, cfg in enumerate(attacks):
+            labels = y
+            if cfg.targeted:
+                if classes is None:
+                    classes = int(model_logits(model, x[:1], seed).shape[-1])
+                labels = (y + 1) % classes
+            res = run_attack(model, x, labels, cfg, seed=derive_seed(seed, b, j))
+            t = totals[j]
+            ok = res.success.double()
+            t["n"] += res.success.numel()
+            t["correct"] += (res.pred == y).double().sum()
+            t["success"] += ok.sum()
+            t["l2"] += res.l2.double().sum()
+            t["linf"] += res.linf.double().sum()
+            t["l2_success"] += (res.l2.double() * ok).sum()
+            t["linf_success"] += (res.linf.double() * ok).sum()
+    rows = [_row(cfg, {k: float(v) for k, v in t.items()}) for cfg, t in zip(attacks, totals, strict=True)]
+    for row in rows:
+        log.info(
+            "%s: accuracy %.4f, success %.4f, mean L2 %.4g, mean Linf %.4g",
+            row["name"], row["accuracy"], row["success_rate"], row["mean_l2"], row["mean_linf"],
+        )  # fmt: skip
+    warnings = masking_warnings(
+        rows, tolerance=tolerance, cw_max_accuracy=cw_max_accuracy, cw_min_success=cw_min_success
+    )
+    for w in warnings:
+        log.warning("gradient-masking sign (%s): %s", w["kind"], w["message"])
+    n = int(rows[0]["n"]) if rows else 0
+    return {"n": n, "attacks": rows, "warnings": warnings}
+
+
+def _row(cfg: AttackConfig, t: dict[str, float]) -> dict[str, Any]:
+    n = t["n"]
+    if n == 0:
+        raise ValueError("batches held no images")
+    ok = t["success"]
+    return {
+        "name": cfg.name,
+        "hash": config_hash(cfg),
+        "config": to_dict(cfg),
+        "n": int(n),
+        "accuracy": t["correct"] / n,
+        "success_rate": ok / n,
+        "mean_l2": t["l2"] / n,
+        "mean_linf": t["linf"] / n,
+        "mean_l2_successful": t["l2_success"] / ok if ok else None,
+        "mean_linf_successful": t["linf_success"] / ok if ok else None,
+    }
+
+
+def _family(cfg: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything but the budget: rows that differ only in ε (and the step that scales with it)."""
+    skip = {"eps", "step_size", "max_batch_bytes"}
+    return tuple((k, str(v)) for k, v in sorted(cfg.items()) if k not in skip)
+
+
+def _margin(a: dict[str, Any], b: dict[str, Any], tolerance: float) -> float:
+    """``tolerance`` + two standard errors of an accuracy on the rows' images (see below)."""
+    n = min(a.get("n") or 0, b.get("n") or 0)
+    if not n:
+        return tolerance
+    p = (a["accuracy"] + b["accuracy"]) / 2
+    return tolerance + 2 * math.sqrt(p * (1 - p) / n)
+
+
+def masking_warnings(
+    rows: Sequence[dict[str, Any]],
+    *,
+    tolerance: float = 0.01,
+    cw_max_accuracy: float = 0.05,
+    cw_min_success: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Flags for the signs of gradient masking in a robustness table (Athalye et al. 2018).
+
+    * ``accuracy_rises_with_eps``: within one attack family (same attack and settings but ε),
+      accuracy at a larger ε exceeds that at a smaller one by more than the margin.
+    * ``one_step_beats_iterative``: FGSM's accuracy is lower (by more than the margin) than an
+      iterative attack's (PGD, APGD) at the same ε and norm whose steps can reach the ball's
+      surface (``steps · step_size ≥ ε``; PGD 1 × 0.01 at ε 0.02 is legitimately weaker).
+    * ``black_box_beats_white_box``: SPSA's accuracy is lower (by more than the margin) than
+      the strongest white-box attack's at the same ε and norm.
+    * ``unbounded_attack_fails``: CW-L2, which has no ε bound, succeeds on fewer than
+      ``cw_min_success`` of the images or leaves accuracy above ``cw_max_accuracy``.
+
+    The margin is ``tolerance`` plus two standard errors of an accuracy measured on the rows'
+    ``n`` images, ``2 sqrt(p (1 - p) / n)`` at their mean accuracy p: a difference of a few
+    images between two random attacks is sampling noise, not masking (SPSA at 5 × 0.01 moves a
+    pixel by 0.05 at most, so the paper's ε 0.1 / 0.5 / 1.0 rows differ only by such noise).
+    Rows without ``n`` get ``tolerance`` alone.
+
+    Every comparison uses ``1 - success_rate`` (named accuracy in the messages): the accuracy
+    under attack for true labels, the share of predictions kept for ``label_mode: pred``.
+
+    ``rows`` are :func:`evaluate_robustness` rows (``config``, ``name``, ``success_rate``,
+    ``n``). Returns a list of ``{"kind", "message", "attacks"}`` dicts.
+    """
+    # An attack's strength is the share of images it failed on, 1 - success rate: the
+    # accuracy under attack when it attacks the true labels. With label_mode "pred" the
+    # accuracy against the true labels is not a strength (flipping a wrong prediction makes
+    # it right: a model near chance keeps ~50 % "accuracy" under a perfect attack).
+    rows = [{**r, "accuracy": 1.0 - r["success_rate"]} for r in rows]
+    out: list[dict[str, Any]] = []
+
+    def flag(kind: str, message: str, *names: str) -> None:
+        out.append({"kind": kind, "message": message, "attacks": list(names)})
+
+    families: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["config"]["attack"] in BOUNDED:
+            families[_family(row["config"])].append(row)
+    for members in families.values():
+        members = sorted(members, key=lambda r: r["config"]["eps"])
+        for small, large in zip(members, members[1:], strict=False):
+            if large["config"]["eps"] > small["config"]["eps"] and large["accuracy"] > small[
+                "accuracy"
+            ] + _margin(small, large, tolerance):
+                flag(
+                    "accuracy_rises_with_eps",
+                    f"{large['name']}: accuracy {large['accuracy']:.4f} above {small['accuracy']:.4f} "
+                    f"at the smaller eps {small['config']['eps']:g}",
+                    small["name"], large["name"],
+                )  # fmt: skip
+
+    def at(row: dict[str, Any]) -> tuple[Any, Any]:
+        return row["config"]["eps"], row["config"]["norm"]
+
+    for one in (r for r in rows if r["config"]["attack"] == "fgsm"):
+        for it in (r for r in rows if r["config"]["attack"] in ITERATIVE and at(r) == at(one)):
+            c = it["config"]
+            reach = c["attack"] == "apgd_ce" or c["steps"] * c["step_size"] >= c["eps"] * (1 - 1e-9)
+            if reach and one["accuracy"] + _margin(one, it, tolerance) < it["accuracy"]:
+                flag(
+                    "one_step_beats_iterative",
+                    f"{one['name']} (accuracy {one['accuracy']:.4f}) is stronger than "
+                    f"{it['name']} (accuracy {it['accuracy']:.4f})",
+                    one["name"], it["name"],
+                )  # fmt: skip
+
+    for black in (r for r in rows if r["config"]["attack"] == "spsa"):
+        white = [r for r in rows if r["config"]["attack"] in WHITE_BOX and at(r) == at(black)]
+        if not white:
+            continue
+        best = min(white, key=lambda r: r["accuracy"])
+        if black["accuracy"] + _margin(black, best, tolerance) < best["accuracy"]:
+            flag(
+                "black_box_beats_white_box",
+                f"{black['name']} (accuracy {black['accuracy']:.4f}) is stronger than the best "
+                f"white-box attack at that eps, {best['name']} (accuracy {best['accuracy']:.4f})",
+                black["name"], best["name"],
+            )  # fmt: skip
+
+    for cw in (r for r in rows if r["config"]["attack"] == "cw_l2"):
+        if cw["success_rate"] < cw_min_success or cw["accuracy"] > cw_max_accuracy:
+            flag(
+                "unbounded_attack_fails",
+                f"{cw['name']} succeeds on {cw['success_rate']:.4f} of the images and leaves accuracy "
+                f"{cw['accuracy']:.4f} (an unbounded attack should reach ~0)",
+                cw["name"],
+            )  # fmt: skip
+    return out
