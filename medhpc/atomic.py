@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
@@ -27,6 +25,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp makes the file private (0600); outputs on a shared cluster get the usual umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -44,6 +46,8 @@ def write_with(path: Path | str, writer: Callable[[IO[bytes]], None]) -> None:
 
 def save_torch(obj: Any, path: Path | str) -> None:
     """``torch.save`` through a temporary file."""
+    import torch  # here, so that torch-free tools (verify) can use this module
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
