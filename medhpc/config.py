@@ -5,7 +5,7 @@ rerun. Loading is strict because a typo in a cluster config costs a queue slot: 
 key, a wrong type or an impossible value raises :class:`ConfigError` naming the key and file.
 
 A config class is a ``@dataclass(frozen=True)`` whose fields are plain types (bool, int,
-float, str, Literal, Optional, tuple, list) or nested config classes. It may define
+float, str, Literal, Optional, tuple, dict with str keys) or nested config classes. It may define
 ``_check(self)`` to reject impossible combinations (raise :func:`bad`). Fields declared with
 ``field(metadata={"hash": False})`` (output folders, worker counts) do not change the hash.
 """
@@ -156,6 +156,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if len(value) != len(args):
             raise _Bad(key, f"expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Bad(key, f"expected a mapping, got {_show(value)}")
+        kt, vt = args
+        return {_convert(kt, k, f"{key}.{k}"): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

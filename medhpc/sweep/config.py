@@ -1,0 +1,180 @@
+"""The sweep config: datasets x architectures x heads x beta x attacks, and how to run it.
+
+One file describes a whole study. :mod:`medhpc.sweep.graph` expands it into typed job configs
+(prepare, train, attack shards, evaluate, report), each named by its config hash, so a rerun
+finds what is finished. Fields marked ``nohash`` (where outputs go, which executor) never
+change what a job computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medhpc.attacks.config import AttackConfig
+from medhpc.config import bad, from_dict, nohash, read_mapping, set_dotted
+from medhpc.models.config import Arch, AttentionConfig, HeadKind, VIBConfig
+from medhpc.train.config import OptimConfig
+
+DataKind = Literal["aptos", "cxr", "folder"]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Generate the dataset first (``python -m medhpc.data synth``) instead of reading one."""
+
+    n: int
+    size: int = 128
+    seed: int = 0
+    lesion_contrast: float | None = None
+
+    def _check(self) -> None:
+        if self.n < 20:
+            raise bad("n", f"must be >= 20 images (each split needs both classes), got {self.n}")
+        if self.size < 32:
+            raise bad("size", f"must be >= 32 px, got {self.size}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset as distributed (``root``), or a synthetic stand-in written there, and the
+    cache it is prepared into (image ``size``, split ``seed`` and ``fractions``)."""
+
+    name: str
+    kind: DataKind
+    root: str
+    size: int = 224
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.8, 0.05, 0.15)
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
+    synthetic: SyntheticSpec | None = None
+
+    def _check(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise bad("name", f"must be a short label of letters, digits, - and _, got {self.name!r}")
+        if self.size < 32:
+            raise bad("size", f"must be >= 32 px, got {self.size}")
+        if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) <= 0:
+            raise bad("fractions", f"must be three positive fractions summing to 1, got {list(self.fractions)}")
+        if self.synthetic is not None and self.kind == "folder":
+            raise bad("synthetic", "synthetic stand-ins exist for aptos and cxr only")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How every model of the sweep trains (the base recipe by default); ``vib`` below
+    overrides it for the VIB heads, which train on a finished base model's frozen backbone."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 200
+    batch_size: int = 32
+    patience: int | None = 20
+    min_delta: float = 0.0
+    aux_weight: float = 0.4
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = nohash("auto")
+    num_workers: int = nohash(0)
+
+    def _check(self) -> None:
+        if self.epochs < 1:
+            raise bad("epochs", f"must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """Which models: every architecture x head x loss weighting; VIB heads also x ``betas``.
+
+    ``vib`` / ``attention`` hold the other settings of those heads (beta comes from ``betas``).
+    """
+
+    archs: tuple[Arch, ...] = ("resnet50",)
+    heads: tuple[HeadKind, ...] = ("linear",)
+    betas: tuple[float, ...] = (1e-3,)
+    loss_weightings: tuple[Literal["none", "weighted"], ...] = ("none",)
+    weights: str = "none"
+    normalization: Literal["imagenet", "none"] = "imagenet"
+    vib: VIBConfig = field(default_factory=VIBConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+    def _check(self) -> None:
+        for key in ("archs", "heads", "betas", "loss_weightings"):
+            values = getattr(self, key)
+            if not values:
+                raise bad(key, "must list at least one value")
+            if len(set(values)) != len(values):
+                raise bad(key, f"lists a value twice: {list(values)}")
+        if any(not b >= 0 for b in self.betas):
+            raise bad("betas", f"must be >= 0, got {list(self.betas)}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A whole study; see the module docstring and ``medhpc/configs/sweep-*.yaml``.
+
+    ``image_size`` resizes batches per architecture (``{resnet50: 224}`` with a 299 px cache:
+    one cache serves both backbones) in training and under attack alike.
+    ``attacks`` are listed attack configs; ``attack_preset: paper`` adds the first seed's
+    Appendix B/C rows. ``label_mode``, when given, sets every attack's label mode. The test
+    split is attacked in shards of ``shard_size`` images (``limit``: only the first images).
+    ``executor``: ``local`` (this machine, ``workers`` jobs at a time), ``slurm`` (submitit
+    job arrays with the cluster ``profile``) or ``debug`` (in this process, one at a time).
+    """
+
+    name: str
+    datasets: tuple[DatasetSpec, ...]
+    models: ModelGrid = field(default_factory=ModelGrid)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    vib_train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(
+            optim=OptimConfig(name="adam", lr=1e-3, betas=(0.5, 0.999), decay_gamma=0.97, decay_every=2),
+            epochs=20,
+            patience=None,
+        )
+    )
+    attacks: tuple[AttackConfig, ...] = ()
+    attack_preset: Literal["paper"] | None = None
+    label_mode: Literal["true", "pred"] | None = None
+    image_size: dict[str, int] | None = None
+    shard_size: int = 256
+    split: Literal["val", "test"] = "test"
+    limit: int | None = None
+    seed: int = 0
+    out: str = nohash("sweep-out")
+    executor: Literal["local", "slurm", "debug"] = nohash("local")
+    workers: int = nohash(1)
+    profile: str | None = nohash(None)
+    device: str = nohash("auto")
+
+    def _check(self) -> None:
+        if not self.datasets:
+            raise bad("datasets", "must list at least one dataset")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise bad("datasets", f"dataset names must be unique, got {names}")
+        if not self.attacks and self.attack_preset is None:
+            raise bad("attacks", "list at least one attack, or set attack_preset: paper")
+        if self.shard_size < 1:
+            raise bad("shard_size", f"must be >= 1, got {self.shard_size}")
+        if self.limit is not None and self.limit < 1:
+            raise bad("limit", f"must be >= 1 or null, got {self.limit}")
+        for arch, size in (self.image_size or {}).items():
+            if arch not in ("resnet50", "inception_v3"):
+                raise bad(f"image_size.{arch}", "unknown architecture (resnet50, inception_v3)")
+            if size < 32:
+                raise bad(f"image_size.{arch}", f"must be >= 32 px, got {size}")
+        if self.workers < 1:
+            raise bad("workers", f"must be >= 1, got {self.workers}")
+        if self.executor == "slurm" and not self.profile:
+            raise bad("profile", "the slurm executor needs a cluster profile file (see slurm/profiles/)")
+        if "vib" in self.models.heads and "linear" not in self.models.heads:
+            raise bad("models.heads", "VIB heads train on a base model's backbone: include 'linear'")
+
+
+def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read a YAML/TOML sweep config; ``overrides`` are dotted keys (``workers``, ``limit``)."""
+    data = read_mapping(path)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return from_dict(SweepConfig, data, source=str(path))
