@@ -20,6 +20,7 @@ from typing import Any
 from medhpc.attacks.config import AttackConfig, paper_attacks
 from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.models.config import ModelConfig
+from medhpc.store.schema import shard_filename
 from medhpc.sweep.config import DatasetSpec, SweepConfig, TrainSettings
 from medhpc.train.config import TrainConfig
 from medhpc.train.loop import run_dir
@@ -63,6 +64,7 @@ class AttackJob:
     set_size: int
     image_size: int | None
     seed: int
+    set_hash: str
     shard: str
 
     kind = "attack"
@@ -112,6 +114,13 @@ class JobGraph:
 
     def by_kind(self, kind: str) -> list[str]:
         return [k for k, j in self.jobs.items() if j.kind == kind]
+
+
+def shard_set_hash(run: str, attack: AttackConfig, split: str, n: int, image_size: int | None, seed: int) -> str:
+    """Names one set of shards (one model, one attack, one split): in every file name of the
+    set and in its attributes, so a shard from another set is recognised."""
+    return config_hash({"run": run, "attack": to_dict(attack), "split": split, "set_size": n,
+                        "image_size": image_size, "seed": seed})  # fmt: skip
 
 
 def attack_list(cfg: SweepConfig) -> list[AttackConfig]:
@@ -215,12 +224,14 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
         for attack in attacks:
             folder = Path(cfg.out) / "shards" / tj.run.name / f"{attack.name}-{config_hash(attack)}"
             shard_sets.append(str(folder))
+            image_size = tj.config.data.image_size
+            set_hash = shard_set_hash(run, attack, cfg.split, n, image_size, cfg.seed)
             for start in range(0, n, cfg.shard_size):
                 stop = min(n, start + cfg.shard_size)
                 job = AttackJob(
                     run=run, attack=attack, cache=tj.config.data.cache, split=cfg.split, start=start, stop=stop,
-                    set_size=n, image_size=tj.config.data.image_size, seed=cfg.seed,
-                    shard=str(folder / f"{start:08d}-{stop:08d}.h5"),
+                    set_size=n, image_size=image_size, seed=cfg.seed, set_hash=set_hash,
+                    shard=str(folder / shard_filename(set_hash, start, stop)),
                 )  # fmt: skip
                 shard_keys.append(graph.add(job, (train_key,)))
         ev = EvaluateJob(run, tuple(shard_sets), str(Path(cfg.out) / "eval" / f"{tj.run.name}.json"))
