@@ -1,7 +1,9 @@
 """``python -m medhpc.sweep run|status CONFIG``: run a study's jobs, or show what is done.
 
-This first version runs jobs in this process (``--executor debug``); the submitit executors
-(``local`` with several workers, ``slurm`` job arrays) are being built (issue 6).
+Executors: ``local`` (submitit subprocesses, ``workers`` at a time), ``slurm`` (submitit job
+arrays with the config's cluster profile) and ``debug`` (in this process). A rerun skips
+finished outputs and resubmits the rest; failed jobs are listed with their log paths and are
+retried by running again. Exit status: 0 all done, 1 some jobs failed, 2 a bad config.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from medhpc.sweep.config import load_sweep
-    from medhpc.sweep.run import run_in_process, status
+    from medhpc.sweep.launch import run_submitit
+    from medhpc.sweep.run import failures, run_in_process, status
     from medhpc.train.__main__ import parse_set
 
     try:
@@ -33,17 +36,21 @@ def main(argv: list[str] | None = None) -> int:
             overrides["executor"] = args.executor
         cfg = load_sweep(args.config, overrides)
         if args.command == "run":
-            if cfg.executor != "debug":
-                raise MedhpcError(
-                    f"executor {cfg.executor!r} is not available yet; run with --executor debug (in this process)"
-                )
-            run_in_process(cfg)
-        for kind, counts in status(cfg).items():
-            sys.stdout.write(f"{kind:<9} {counts['done']:>5} / {counts['total']:<5} done\n")
+            if cfg.executor == "debug":
+                run_in_process(cfg)
+            else:
+                run_submitit(cfg)
+        for kind, c in status(cfg).items():
+            sys.stdout.write(
+                f"{kind:<9} {c['done']:>5} / {c['total']:<5} done  {c['running']:>4} running  {c['failed']:>4} failed\n"
+            )
+        failed = failures(cfg)
+        for key, info in failed.items():
+            sys.stdout.write(f"FAILED {key}: {info['error']}  (log: {info['stderr']})\n")
     except MedhpcError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

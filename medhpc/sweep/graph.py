@@ -7,8 +7,8 @@ per model: every attack's shards into one robustness table) -> report (one).
 Every job is a frozen dataclass named ``<kind>-<config hash>``; its output path follows from
 its config, so a rerun knows what is done without a database. Attack shards need the size of
 the attacked split, known once the dataset is prepared: :func:`expand` leaves the attack,
-evaluate and report jobs out until ``split_sizes`` are given (:func:`split_sizes` reads them
-from the prepared caches).
+evaluate jobs of a dataset out until its split size is given, and the report until all are
+(:func:`split_sizes` reads them from the prepared caches).
 """
 
 from __future__ import annotations
@@ -216,6 +216,8 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
     attacks = attack_list(cfg)
     evaluations = []
     for train_key, tj in trained:
+        if tj.dataset not in split_sizes:
+            continue  # not prepared yet (or its prepare job failed)
         n = split_sizes[tj.dataset]
         if cfg.limit is not None:
             n = min(n, cfg.limit)
@@ -236,19 +238,22 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
                 shard_keys.append(graph.add(job, (train_key,)))
         ev = EvaluateJob(run, tuple(shard_sets), str(Path(cfg.out) / "eval" / f"{tj.run.name}.json"))
         evaluations.append((graph.add(ev, tuple(shard_keys)), ev))
-    report = ReportJob(tuple(e.output for _, e in evaluations), str(Path(cfg.out) / "report" / "summary.json"))
-    graph.add(report, tuple(k for k, _ in evaluations))
+    if all(ds.name in split_sizes for ds in cfg.datasets):
+        report = ReportJob(tuple(e.output for _, e in evaluations), str(Path(cfg.out) / "report" / "summary.json"))
+        graph.add(report, tuple(k for k, _ in evaluations))
     return graph
 
 
 def split_sizes(cfg: SweepConfig) -> dict[str, int] | None:
-    """The attacked split's size per dataset, from the prepared caches; None until all exist."""
+    """The attacked split's size per prepared dataset, from the caches; None while none is.
+
+    The attack jobs of a dataset appear once it is prepared; the report once all are.
+    """
     from medhpc.data.cache import cache_info
 
     sizes = {}
     for ds in cfg.datasets:
         cache = Path(_prepare_job(cfg, ds).cache)
-        if not cache.is_file():
-            return None
-        sizes[ds.name] = int(cache_info(cache)["counts"].get(cfg.split, 0))
-    return sizes
+        if cache.is_file():
+            sizes[ds.name] = int(cache_info(cache)["counts"].get(cfg.split, 0))
+    return sizes or None

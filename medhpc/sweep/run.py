@@ -35,8 +35,32 @@ def run_in_process(cfg: SweepConfig) -> JobGraph:
 
 
 def status(cfg: SweepConfig) -> dict[str, dict[str, int]]:
-    """Done and total jobs per kind, for the graph as far as it is known."""
+    """Done, running, failed and total jobs per kind, for the graph as far as it is known.
+
+    Done is read from the outputs; running and failed from the last driver's record
+    (``<out>/.sweep/jobs.json``), where a job that is done since counts as done.
+    """
+    from medhpc.sweep.launch import read_state
+
     graph = full_graph(cfg)
-    total = Counter(job.kind for job in graph.jobs.values())
-    done = Counter(job.kind for job in graph.jobs.values() if is_done(job))
-    return {kind: {"done": done[kind], "total": total[kind]} for kind in total}
+    recorded = read_state(cfg)
+    counts: dict[str, Counter[str]] = {}
+    for key, job in graph.jobs.items():
+        c = counts.setdefault(job.kind, Counter())
+        c["total"] += 1
+        if is_done(job):
+            c["done"] += 1
+        elif key in recorded:
+            c[recorded[key]["state"]] += 1
+    return {kind: {k: c[k] for k in ("done", "running", "failed", "total")} for kind, c in counts.items()}
+
+
+def failures(cfg: SweepConfig) -> dict[str, dict[str, str]]:
+    """The failed jobs of the last driver run that are still not done, with their log paths."""
+    from medhpc.sweep.launch import read_state
+
+    graph = full_graph(cfg)
+    return {
+        k: v for k, v in read_state(cfg).items()
+        if v["state"] == "failed" and k in graph.jobs and not is_done(graph.jobs[k])
+    }  # fmt: skip

@@ -40,13 +40,8 @@ def test_tiny_sweep_runs_end_to_end_and_reruns_as_a_no_op(tmp_path: Path) -> Non
     cfg = load_sweep(path)
     run_in_process(cfg)
     counts = status(cfg)
-    assert counts == {
-        "prepare": {"done": 1, "total": 1},
-        "train": {"done": 2, "total": 2},
-        "attack": {"done": 8, "total": 8},  # 2 models x 2 attacks x 2 shards (4 + 2 images)
-        "evaluate": {"done": 2, "total": 2},
-        "report": {"done": 1, "total": 1},
-    }
+    totals = {"prepare": 1, "train": 2, "attack": 8, "evaluate": 2, "report": 1}  # attack: 2 models x 2 attacks x 2 shards
+    assert counts == {k: {"done": n, "running": 0, "failed": 0, "total": n} for k, n in totals.items()}
     out = Path(cfg.out)
     assert verify_dir(out / "shards").ok
     report = json.loads((out / "report" / "summary.json").read_text())
@@ -63,13 +58,32 @@ def test_tiny_sweep_runs_end_to_end_and_reruns_as_a_no_op(tmp_path: Path) -> Non
     proc = subprocess.run([sys.executable, "-m", "medhpc.sweep", "run", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "attack        8 / 8     done" in proc.stdout
+    assert "attack        8 / 8     done" in proc.stdout and "FAILED" not in proc.stdout, proc.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
 
 
-def test_executors_not_built_yet_are_refused_by_name(tmp_path: Path) -> None:
+def test_local_executor_runs_the_sweep_in_subprocesses_and_reports_a_failure(tmp_path: Path) -> None:
+    """submitit's local executor, two workers; a job that fails is listed with its log and
+    blocks only what depends on it."""
+    from medhpc.sweep.launch import run_submitit
+
     path = tiny_sweep(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "medhpc.sweep", "run", str(path), "--executor", "local"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 2 and "executor 'local' is not available yet" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    data = yaml.safe_load(path.read_text())
+    data.update(executor="local", workers=2)
+    # A second dataset whose root does not exist: its prepare job fails, its models are blocked.
+    data["datasets"].append({"name": "missing", "kind": "cxr", "root": str(tmp_path / "nope"), "size": 32})
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_sweep(path)
+    result = run_submitit(cfg, poll_s=0.2, deadline_s=900)
+    assert len(result["failed"]) == 1
+    (key, info), = result["failed"].items()
+    assert key.startswith("prepare-") and "nope" in info["error"] and Path(info["stderr"]).is_file()
+    assert len(result["blocked"]) == 2  # the missing dataset's linear and VIB models
+    counts = status(cfg)
+    assert counts["attack"]["done"] == counts["attack"]["total"] == 8
+    assert counts["prepare"] == {"done": 1, "running": 0, "failed": 1, "total": 2}
+
+    proc = subprocess.run([sys.executable, "-m", "medhpc.sweep", "status", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1
+    assert f"FAILED {key}" in proc.stdout and info["stderr"] in proc.stdout

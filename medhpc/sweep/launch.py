@@ -1,0 +1,150 @@
+"""Run a sweep through submitit: ``local`` (subprocesses on this machine, ``workers`` at a
+time) or ``slurm`` (job arrays on a cluster profile), with the driver in this process.
+
+The driver repeatedly (1) expands the graph as far as it is known, (2) submits every job whose
+dependencies are done and that is neither done, in flight nor failed, (3) polls what is in
+flight. Finished outputs are recognised on disk (:func:`medhpc.jobs.is_done`), so a driver
+killed at any moment is simply started again: it skips what is done and resubmits the rest.
+A failed job is recorded with its log paths in ``<out>/.sweep/jobs.json`` and blocks only the
+jobs that depend on it; ``status`` reads that file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from medhpc import atomic
+from medhpc.errors import MedhpcError
+from medhpc.jobs import is_done, run_job
+from medhpc.sweep.config import SweepConfig
+from medhpc.sweep.graph import JobGraph
+from medhpc.sweep.run import full_graph
+
+log = logging.getLogger(__name__)
+
+STATE = Path(".sweep") / "jobs.json"
+
+
+def state_path(cfg: SweepConfig) -> Path:
+    return Path(cfg.out) / STATE
+
+
+def _executor(cfg: SweepConfig, kind: str) -> Any:
+    import submitit
+
+    folder = Path(cfg.out) / "submitit" / kind
+    if cfg.executor == "local":
+        executor = submitit.AutoExecutor(folder, cluster="local")
+        executor.update_parameters(timeout_min=24 * 60)
+        return executor
+    from medhpc.cluster import load_profile, make_executor
+
+    if cfg.profile is None:  # validated in the config; here for the type checker
+        raise MedhpcError("the slurm executor needs a cluster profile")
+    return make_executor(load_profile(cfg.profile), folder, kind, "slurm")  # type: ignore[arg-type]
+
+
+def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None = None) -> dict[str, Any]:
+    """Drive the sweep to completion (or until only failed or blocked jobs remain).
+
+    Returns ``{"done": n, "failed": {key: {...}}, "blocked": [keys]}``. ``deadline_s`` bounds
+    the whole run (tests); None waits as long as jobs are in flight.
+    """
+    started = time.monotonic()
+    done: set[str] = set()
+    failed: dict[str, dict[str, Any]] = {}
+    in_flight: dict[str, Any] = {}
+    executors: dict[str, Any] = {}
+    graph: JobGraph = full_graph(cfg)
+    while True:
+        graph = full_graph(cfg)
+        for key, job in graph.jobs.items():
+            if key not in done and key not in in_flight and key not in failed and is_done(job):
+                done.add(key)
+        blocked = _blocked(graph, failed)
+        ready = [
+            k for k in graph.jobs
+            if k not in done and k not in in_flight and k not in failed and k not in blocked
+            and all(d in done for d in graph.deps[k])
+        ]  # fmt: skip
+        room = cfg.workers - len(in_flight) if cfg.executor == "local" else len(ready)
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for key in ready[: max(room, 0)]:
+            by_kind[graph.jobs[key].kind].append(key)
+        for kind, keys in by_kind.items():
+            executor = executors.get(kind) or executors.setdefault(kind, _executor(cfg, kind))
+            executor.update_parameters(name=f"medhpc-{kind}")
+            with executor.batch():  # one job array per kind on SLURM
+                jobs = [executor.submit(run_job, graph.jobs[k], cfg.device) for k in keys]
+            for key, sub in zip(keys, jobs):
+                in_flight[key] = sub
+                log.info("%s: submitted as %s", key, sub.job_id)
+        _save_state(cfg, graph, done, in_flight, failed)
+        if not in_flight and not ready[: max(room, 0)]:
+            break
+        if deadline_s is not None and time.monotonic() - started > deadline_s:
+            raise MedhpcError(f"sweep {cfg.name}: not finished after {deadline_s:.0f} s ({len(in_flight)} in flight)")
+        time.sleep(poll_s)
+        for key, sub in list(in_flight.items()):
+            if not sub.done():
+                continue
+            del in_flight[key]
+            error = sub.exception()
+            if error is None and is_done(graph.jobs[key]):
+                done.add(key)
+                continue
+            failed[key] = {
+                "job_id": str(sub.job_id),
+                "error": _summary(error),
+                "stdout": str(sub.paths.stdout),
+                "stderr": str(sub.paths.stderr),
+            }
+            log.error("%s failed (%s); log: %s", key, failed[key]["error"], failed[key]["stderr"])
+    blocked = _blocked(graph, failed)
+    _save_state(cfg, graph, done, in_flight, failed)
+    return {"done": len(done), "failed": failed, "blocked": sorted(blocked)}
+
+
+def _summary(error: BaseException | None) -> str:
+    """The exception line of a failed job's traceback (submitit appends log paths after it)."""
+    if error is None:
+        return "finished without its output"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line):
+            return line
+    return lines[0] if lines else type(error).__name__
+
+
+def _blocked(graph: JobGraph, failed: dict[str, Any]) -> set[str]:
+    """Jobs that wait, directly or not, on a failed job."""
+    blocked: set[str] = set()
+    for key in graph.jobs:  # insertion order is topological
+        if any(d in failed or d in blocked for d in graph.deps[key]):
+            blocked.add(key)
+    return blocked
+
+
+def _save_state(
+    cfg: SweepConfig, graph: JobGraph, done: set[str], in_flight: dict[str, Any], failed: dict[str, Any]
+) -> None:
+    jobs = {}
+    for key in graph.jobs:
+        if key in failed:
+            jobs[key] = {"state": "failed", **failed[key]}
+        elif key in in_flight:
+            sub = in_flight[key]
+            jobs[key] = {"state": "running", "job_id": str(sub.job_id), "stderr": str(sub.paths.stderr)}
+    atomic.write_json({"executor": cfg.executor, "jobs": jobs}, state_path(cfg))
+
+
+def read_state(cfg: SweepConfig) -> dict[str, Any]:
+    import json
+
+    path = state_path(cfg)
+    return json.loads(path.read_text())["jobs"] if path.is_file() else {}
