@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +81,21 @@ def _prepare(job: PrepareJob) -> None:
     import importlib
 
     from medhpc.data import make_synthetic
+    from medhpc.data.synth import SYNTH_RECORD
 
     ds = job.dataset
     if ds.synthetic is not None:
+        # The sweep owns this folder: generate beside it and rename into place when complete,
+        # so a job killed mid-way leaves no half-written dataset (make_synthetic, rightly,
+        # refuses to write into a non-empty folder it did not finish).
         s = ds.synthetic
-        make_synthetic(ds.kind, job.data_root, n=s.n, size=s.size, seed=s.seed, lesion_contrast=s.lesion_contrast)
+        root = Path(job.data_root)
+        if not (root / SYNTH_RECORD).is_file():
+            partial = root.with_name(root.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            make_synthetic(ds.kind, partial, n=s.n, size=s.size, seed=s.seed, lesion_contrast=s.lesion_contrast)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(partial, root)
     prepare = importlib.import_module("medhpc.data.prepare").prepare
     prepare(ds.kind, job.data_root, job.cache, size=ds.size, seed=ds.seed, fractions=ds.fractions,
             compression=ds.compression, progress=False)  # fmt: skip
