@@ -35,13 +35,8 @@ setup: $(VENV)/.built
 
 demo: setup
 	$(PY) -m medhpc info
-	$(PY) -m medhpc.data synth --kind aptos --n 600 --size 128 --seed 0 --out $(DEMO_DIR)/data/aptos
-	$(PY) -m medhpc.data synth --kind cxr --n 600 --size 128 --seed 0 --out $(DEMO_DIR)/data/cxr
-	$(PY) -m medhpc.data prepare --kind aptos --root $(DEMO_DIR)/data/aptos --size 64 --out $(DEMO_DIR)/cache/aptos-64.h5
-	$(PY) -m medhpc.data prepare --kind cxr --root $(DEMO_DIR)/data/cxr --size 64 --out $(DEMO_DIR)/cache/cxr-64.h5
-	run=$$($(PY) -m medhpc.train medhpc/configs/train-demo.yaml --quiet \
-	    --set data.cache=$(DEMO_DIR)/cache/aptos-64.h5 --set out=$(DEMO_DIR)/runs | tail -n 1); \
-	$(PY) -m medhpc.attack medhpc/configs/attack-demo.yaml --quiet --set run="$$run"
+	$(PY) -m medhpc.sweep run medhpc/configs/sweep-demo.yaml --set out=$(DEMO_DIR)/sweep
+	@echo "report: $(DEMO_DIR)/sweep/report/summary.md"; cat $(DEMO_DIR)/sweep/report/summary.md
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
