@@ -1,4 +1,5 @@
-"""``python -m medhpc.sweep run|status CONFIG``: run a study's jobs, or show what is done.
+"""``python -m medhpc.sweep run|status|report CONFIG``: run a study's jobs, show what is done,
+or (re)write and print the report from the stored results.
 
 Executors: ``local`` (submitit subprocesses, ``workers`` at a time), ``slurm`` (submitit job
 arrays with the config's cluster profile) and ``debug`` (in this process). A rerun skips
@@ -17,7 +18,7 @@ from medhpc.errors import MedhpcError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medhpc.sweep", description=__doc__)
-    parser.add_argument("command", choices=["run", "status"])
+    parser.add_argument("command", choices=["run", "status", "report"])
     parser.add_argument("config", help="sweep config (.yaml, .yml or .toml)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")  # fmt: skip
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.executor:
             overrides["executor"] = args.executor
         cfg = load_sweep(args.config, overrides)
+        if args.command == "report":
+            return _report(cfg)
         if args.command == "run":
             if cfg.executor == "debug":
                 run_in_process(cfg)
@@ -51,6 +54,27 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     return 1 if failed else 0
+
+
+def _report(cfg: object) -> int:
+    """Write the report from stored evaluations (every model's must be done) and print it."""
+    from pathlib import Path
+
+    from medhpc.jobs import is_done, run_job
+    from medhpc.sweep.run import full_graph
+
+    graph = full_graph(cfg)  # type: ignore[arg-type]
+    keys = graph.by_kind("report")
+    if not keys:
+        raise MedhpcError("no report yet: not every dataset is prepared (python -m medhpc.sweep status)")
+    job = graph.jobs[keys[0]]
+    missing = [d for d in graph.deps[keys[0]] if not is_done(graph.jobs[d])]
+    if missing:
+        raise MedhpcError(f"{len(missing)} evaluations are not done yet (python -m medhpc.sweep status)")
+    Path(job.output).unlink(missing_ok=True)  # always rewritten from the stored results
+    out = Path(run_job(job))
+    sys.stdout.write(out.with_suffix(".md").read_text() + f"\n{out}\n")
+    return 0
 
 
 if __name__ == "__main__":

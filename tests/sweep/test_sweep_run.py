@@ -61,6 +61,11 @@ def test_tiny_sweep_runs_end_to_end_and_reruns_as_a_no_op(tmp_path: Path) -> Non
     assert "attack        8 / 8     done" in proc.stdout and "FAILED" not in proc.stdout, proc.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
 
+    rep = subprocess.run([sys.executable, "-m", "medhpc.sweep", "report", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    assert rep.stdout.startswith("| model | none | fgsm-linf-eps0.05 |") and "resnet50-vib-" in rep.stdout
+
 
 def test_local_executor_runs_the_sweep_in_subprocesses_and_reports_a_failure(tmp_path: Path) -> None:
     """submitit's local executor, two workers; a job that fails is listed with its log and
