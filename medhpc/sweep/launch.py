@@ -30,6 +30,25 @@ log = logging.getLogger(__name__)
 STATE = Path(".sweep") / "jobs.json"
 
 
+class JobRunner:
+    """``run_job`` as submitit runs it: checkpointable, so a job that SLURM preempts or that
+    reaches its time limit is requeued with the same call (up to the profile's
+    ``max_requeues``) and resumes from its own progress: a training run from ``last.pt``,
+    the other (short) jobs from the start, their outputs being written atomically."""
+
+    def __call__(self, job: Any, device: str) -> str:
+        # A job runs in a fresh process: give its log (submitit's *_log.err) medhpc's INFO lines.
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return run_job(job, device=device)
+
+    def checkpoint(self, job: Any, device: str) -> Any:
+        import submitit
+
+        log.warning("%s: interrupted; requeued to resume from its checkpoint", type(job).__name__)
+        return submitit.helpers.DelayedSubmission(self, job, device)
+
+
 def state_path(cfg: SweepConfig) -> Path:
     return Path(cfg.out) / STATE
 
@@ -80,7 +99,7 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
             executor = executors.get(kind) or executors.setdefault(kind, _executor(cfg, kind))
             executor.update_parameters(name=f"medhpc-{kind}")
             with executor.batch():  # one job array per kind on SLURM
-                jobs = [executor.submit(run_job, graph.jobs[k], cfg.device) for k in keys]
+                jobs = [executor.submit(JobRunner(), graph.jobs[k], cfg.device) for k in keys]
             for key, sub in zip(keys, jobs):
                 in_flight[key] = sub
                 log.info("%s: submitted as %s", key, sub.job_id)

@@ -49,3 +49,41 @@ def test_tiny_sweep_runs_as_slurm_job_arrays(slurm_cluster, tmp_path: Path) -> N
     # The attack shards ran as one SLURM job array (submitit names array tasks <id>_<i>).
     logs = {p.name.split("_")[0] for p in (Path(sweep.out) / "submitit" / "attack").glob("*_log.out")}
     assert len(logs) == 1
+
+
+def test_a_preempted_training_job_is_requeued_and_resumes_from_last_pt(slurm_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from medhpc.cluster import load_profile, make_executor
+    from medhpc.jobs import run_job
+    from medhpc.sweep import expand
+    from medhpc.sweep.launch import JobRunner
+
+    cfg = {
+        "name": "preempt",
+        "datasets": [{"name": "aptos", "kind": "aptos", "root": "synthetic", "size": 32, "synthetic": {"n": 80, "size": 32}}],
+        "models": {"archs": ["resnet50"], "heads": ["linear"]},
+        "train": {"optim": {"name": "adam", "lr": 1e-3}, "epochs": 5, "batch_size": 4, "patience": None},
+        "attacks": [{"attack": "none"}],
+        "out": str(tmp_path / "out"),
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    graph = expand(load_sweep(path))
+    run_job(graph.jobs[graph.by_kind("prepare")[0]])
+    train_job = graph.jobs[graph.by_kind("train")[0]]
+
+    executor = make_executor(load_profile(ROOT / "slurm" / "profiles" / "local.toml"), tmp_path / "submitit", "train")
+    executor.update_parameters(timeout_min=60)  # the signal is then a preemption, not the time limit
+    job = executor.submit(JobRunner(), train_job, "cpu")
+    last = train_job.run / "last.pt"
+    slurm_cluster.wait_for("the first epoch's checkpoint", last.is_file, 300, [job])
+    job._interrupt()  # type: ignore[attr-defined]  # SLURM's preemption signals
+    slurm_cluster.wait_for(
+        "the job to be requeued", lambda: slurm_cluster.squeue(job.job_id)[0] in ("PENDING", "REQUEUED"), 60, [job]
+    )
+    slurm_cluster.release_requeued(job.job_id)
+    slurm_cluster.wait_done([job], timeout=300)
+    assert job.result() == str(train_job.run)
+    metrics = json.loads((train_job.run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 5
+    logs = Path(job.paths.stderr).read_text()
+    assert "resuming after epoch" in logs, logs[-2000:]
