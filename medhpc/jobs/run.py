@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medhpc import __version__, atomic
-from medhpc.config import config_hash, to_dict
+from medhpc.config import config_hash
 from medhpc.sweep.graph import AttackJob, EvaluateJob, Job, PrepareJob, ReportJob, TrainJob
 
 log = logging.getLogger(__name__)
@@ -119,30 +119,21 @@ def _attack(job: AttackJob, device: str) -> None:
 
 
 def _rows(shard_sets: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One robustness row per shard set, in the form of ``evaluate_robustness``."""
+    """One robustness row per shard set, built as :func:`evaluate_robustness` builds its rows."""
+    from medhpc.attacks.robustness import _row
     from medhpc.store import ShardReader
 
     rows = []
     for folder in shard_sets:
         reader = ShardReader(folder, verify=True, strict=True)
         f = reader.read(["labels", "adv_pred", "success", "l2", "linf"])
-        ok = f["success"].astype(bool)
-        attack = reader.attack
-        rows.append(
-            {
-                "name": attack.name,
-                "hash": config_hash(attack),
-                "config": to_dict(attack),
-                "n": int(ok.size),
-                "accuracy": float(np.mean(f["adv_pred"] == f["labels"])),
-                "success_rate": float(ok.mean()),
-                "mean_l2": float(f["l2"].astype(np.float64).mean()),
-                "mean_linf": float(f["linf"].astype(np.float64).mean()),
-                "mean_l2_successful": float(f["l2"][ok].astype(np.float64).mean()) if ok.any() else None,
-                "mean_linf_successful": float(f["linf"][ok].astype(np.float64).mean()) if ok.any() else None,
-                "shards": folder,
-            }
-        )
+        ok = f["success"].astype(np.float64)
+        l2, linf = f["l2"].astype(np.float64), f["linf"].astype(np.float64)
+        totals = {
+            "n": float(ok.size), "correct": float(np.sum(f["adv_pred"] == f["labels"])), "success": ok.sum(),
+            "l2": l2.sum(), "linf": linf.sum(), "l2_success": (l2 * ok).sum(), "linf_success": (linf * ok).sum(),
+        }  # fmt: skip
+        rows.append({**_row(reader.attack, totals), "shards": folder})
     return rows
 
 
