@@ -15,7 +15,7 @@ holds the SHA-256 of the whole file in ``sha256sum`` format (``<hex>  NAME.h5``)
 ``sha256sum -c NAME.h5.sha256`` checks a shard without medhpc. A shard is *verified* when its
 sidecar exists and matches; a shard without one is *unverified* (a write was interrupted
 between the rename and the sidecar, or the sidecar was lost) and a rerun redoes it.
-Shards are written to a temporary ``.NAME.h5.XXXXXXXX.tmp`` in the same folder and renamed
+Shards are written to a temporary ``.NAME.h5.<random>.tmp`` in the same folder and renamed
 into place only when complete, so a file under a final name is never partial.
 
 Datasets (N = ``stop - start`` images, C classes, S model draws)
@@ -215,7 +215,7 @@ def parse_shard_filename(name: str) -> tuple[str, int, int] | None:
 def is_temporary(name: str) -> bool:
     """Whether a file name is a temporary of an interrupted write.
 
-    :func:`medhpc.atomic.atomic_path` writes ``.NAME.XXXXXXXX.tmp``; the data cache's writer
+    :func:`medhpc.atomic.atomic_path` writes ``.NAME.<random>.tmp``; the data cache's writer
     ``.NAME.tmp-TOKEN``.
     """
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)

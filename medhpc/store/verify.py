@@ -17,7 +17,7 @@ What is checked, per shard file (``*.h5``, recursively):
 Per set (shards sharing ``config_hash``): the shards agree on attack, model, split and shapes
 (else **invalid**), do not overlap (**overlap**), and tile ``[0, set_size)`` — a hole, or a
 missing tail when ``set_size`` is known, is **missing**, as is a sidecar whose shard is gone.
-Temporaries of interrupted writes (``.NAME.XXXX.tmp``) are **temporary**: the next write of
+Temporaries of interrupted writes (``.NAME.<random>.tmp``) are **temporary**: the next write of
 that shard removes them. Run verify when no writer is active, or pass ``ignore_tmp``.
 
 A set whose every shard and sidecar were deleted leaves no trace to find here; the sweep,

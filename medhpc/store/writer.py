@@ -3,7 +3,7 @@
 The order of a write is what makes a crash (exception, SIGKILL, power loss) harmless:
 
 1. stale temporaries of the same shard (from an earlier killed write) are removed;
-2. the shard is written to ``.NAME.h5.XXXXXXXX.tmp`` beside its final name, closed, and its
+2. the shard is written to ``.NAME.h5.<random>.tmp`` beside its final name, closed, and its
    SHA-256 computed;
 3. the old sidecar (if any) is removed, the temporary is fsynced and renamed over ``NAME.h5``;
 4. the sidecar ``NAME.h5.sha256`` is written (itself atomically).
@@ -126,7 +126,7 @@ def write_sidecar(path: Path | str, digest: str) -> Path:
 
 
 def _temporary_pattern(name: str) -> re.Pattern[str]:
-    # atomic_path's temporaries of the shard and of its sidecar: .NAME[.sha256].XXXXXXXX.tmp
+    # atomic_path's temporaries of the shard and of its sidecar: .NAME[.sha256].<random>.tmp
     return re.compile(rf"^\.{re.escape(name)}(?:{re.escape(SIDECAR_SUFFIX)})?\.[A-Za-z0-9_]+\.tmp$")
 
 
