@@ -36,7 +36,7 @@ setup: $(VENV)/.built
 demo: setup
 	$(PY) -m medhpc info
 	$(PY) -m medhpc.sweep run medhpc/configs/sweep-demo.yaml --set out=$(DEMO_DIR)/sweep
-	@echo "report: $(DEMO_DIR)/sweep/report/summary.md"; cat $(DEMO_DIR)/sweep/report/summary.md
+	@cat $(DEMO_DIR)/sweep/report/summary.md; echo "report (tables, figures, maps): $(DEMO_DIR)/sweep/report/index.md"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -58,6 +58,19 @@ _OWNED_OPTIONS = {
 }
 _SBATCH_LINE = re.compile(r"^--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(?:=(?P<value>\S.*))?$")
 
+# Container runtimes whose command line a profile's `python` may hold, and those options of their
+# `exec` and `run` that take a value (the next word), so that the image can be told apart from the
+# options. An option that takes a value and is missing here only makes the checks below lenient.
+_CONTAINER_RUNTIMES = frozenset({"apptainer", "singularity"})
+_CONTAINER_VALUE_OPTIONS = frozenset(
+    {
+        "-B", "--bind", "--mount", "-H", "--home", "--pwd", "-W", "--workdir", "-S", "--scratch",
+        "-o", "--overlay", "--env", "--env-file", "--security", "--network", "--network-args",
+        "--hostname", "--dns", "--app", "--add-caps", "--drop-caps", "--cpus", "--memory",
+    }
+)  # fmt: skip
+_CONTAINER_GPU_OPTIONS = frozenset({"--nv", "--nvccli"})
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -164,6 +177,7 @@ class ClusterProfile:
                 raise bad("python", f"not a valid shell command: {exc}") from None
             if not words:
                 raise bad("python", "must not be empty (leave the key out to use this interpreter)")
+            self._check_container_command(words)
         if self.array_parallelism < 1:
             raise bad("array_parallelism", f"must be >= 1, got {self.array_parallelism}")
         if self.max_requeues < 0:
@@ -185,6 +199,42 @@ class ClusterProfile:
                     f"{timeout} min leaves no run time before the checkpoint signal "
                     f"(signal_delay_s = {self.signal_delay_s})",
                 )
+
+    def _check_container_command(self, words: list[str]) -> None:
+        """Catch, when loading, the container mistakes that would cost a queue slot each.
+
+        ``apptainer exec [options] IMAGE`` with nothing after the image would run submitit's
+        ``-u -m submitit.core._submit FOLDER`` as the container's command; without ``--nv`` the
+        jobs that asked SLURM for GPUs would not see them and silently train on the CPU.
+        Other commands (``apptainer run IMAGE`` with a run script that runs Python, a wrapper
+        script, a plain interpreter path) pass unchecked.
+        """
+        if Path(words[0]).name not in _CONTAINER_RUNTIMES or len(words) < 2 or words[1] not in ("exec", "run"):
+            return
+        runtime, action = Path(words[0]).name, words[1]
+        options: list[str] = []
+        rest = words[2:]
+        while rest and rest[0].startswith("-"):
+            option = rest.pop(0)
+            options.append(option)
+            if option in _CONTAINER_VALUE_OPTIONS and rest:
+                rest.pop(0)
+        if not rest:
+            raise bad("python", f"{runtime} {action}: no image given, got {self.python!r}")
+        image, command = rest[0], rest[1:]
+        if action == "exec" and not command:
+            raise bad(
+                "python",
+                f"{runtime} exec runs the command after the image: end with the image's Python, "
+                f"e.g. '... {image} python', got {self.python!r}",
+            )
+        gpu_kinds = [kind for kind in JOB_KINDS if (self.resources(kind).gpus_per_node or 0) > 0]
+        if gpu_kinds and not _CONTAINER_GPU_OPTIONS.intersection(options):
+            raise bad(
+                "python",
+                f"the {', '.join(gpu_kinds)} jobs ask for GPUs, which {runtime} shows to the container "
+                f"only with --nv (before the image): {runtime} {action} --nv ...; got {self.python!r}",
+            )
 
     def resources(self, kind: JobKind) -> Resources:
         """The resources of one job kind, ``[default]`` filled in."""

@@ -48,6 +48,17 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float] | None:
+    """Hanley & McNeil (1982) interval for a ROC-AUC from ``n_pos`` positives and ``n_neg``
+    negatives (their exponential approximation of the AUC's standard error), clipped to [0, 1]."""
+    if n_pos == 0 or n_neg == 0:
+        return None
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    half = z * math.sqrt(max(var, 0.0))
+    return (max(0.0, auc - half), min(1.0, auc + half))
+
+
 def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 

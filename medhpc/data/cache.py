@@ -286,10 +286,12 @@ def _plain(value: Any) -> Any:
 
 
 def cache_info(path: Path | str) -> dict[str, Any]:
-    """File attributes, split sizes and skipped images of a cache, as plain Python."""
+    """File attributes, split sizes, the splits with lesion masks and skipped images of a
+    cache, as plain Python."""
     with _open(Path(path)) as h5:
         info = {k: _plain(v) for k, v in h5.attrs.items()}
         info["counts"] = {s: int(h5[s]["labels"].shape[0]) for s in SPLITS if s in h5}
+        info["masks"] = [s for s in SPLITS if s in h5 and "masks" in h5[s]]
         skipped = h5.get("skipped")
         info["skipped"] = (
             [

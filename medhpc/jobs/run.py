@@ -2,7 +2,7 @@
 
 Each job writes its output atomically and last, so "done" is a property of the file system:
 a prepared cache that opens, a training run's ``metrics.json`` with its hash, a shard whose
-checksum verifies, an evaluation or report JSON. Jobs own no orchestration: the executors of
+checksum verifies, an evaluation or report JSON of the current format. Jobs own no orchestration: the executors of
 :mod:`medhpc.sweep` decide what runs when and where.
 """
 
@@ -13,13 +13,9 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from medhpc import __version__, atomic
 from medhpc.config import config_hash
-from medhpc.sweep.graph import AttackJob, EvaluateJob, Job, PrepareJob, ReportJob, TrainJob
+from medhpc.sweep.graph import AttackJob, EvaluateJob, Job, PrepareJob, ReportJob, TrainJob, job_key
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +40,16 @@ def is_done(job: Job) -> bool:
         from medhpc.store import verify_shard
 
         return Path(job.shard).is_file() and not verify_shard(job.shard)
-    return Path(job.output).is_file()
+    # An evaluation or report of an older layout, or of other settings, is redone.
+    from medhpc.report.analyse import EVAL_FORMAT
+    from medhpc.report.build import REPORT_FORMAT
+
+    want = EVAL_FORMAT if isinstance(job, EvaluateJob) else REPORT_FORMAT
+    try:
+        data = json.loads(Path(job.output).read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("format") == want and data.get("job") == job_key(job)
 
 
 def run_job(job: Job, device: str = "auto", progress: bool | None = False) -> str:
@@ -61,7 +66,7 @@ def run_job(job: Job, device: str = "auto", progress: bool | None = False) -> st
     elif isinstance(job, AttackJob):
         _attack(job, device)
     elif isinstance(job, EvaluateJob):
-        _evaluate(job)
+        _evaluate(job, device)
     else:
         _report(job)
     return _output(job)
@@ -118,52 +123,14 @@ def _attack(job: AttackJob, device: str) -> None:
     )  # fmt: skip
 
 
-def _rows(shard_sets: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One robustness row per shard set, built as :func:`evaluate_robustness` builds its rows."""
-    from medhpc.attacks.robustness import _row
-    from medhpc.store import ShardReader
+def _evaluate(job: EvaluateJob, device: str) -> None:
+    from medhpc.report.analyse import evaluate_model
 
-    rows = []
-    for folder in shard_sets:
-        reader = ShardReader(folder, verify=True, strict=True)
-        f = reader.read(["labels", "adv_pred", "success", "l2", "linf"])
-        ok = f["success"].astype(np.float64)
-        l2, linf = f["l2"].astype(np.float64), f["linf"].astype(np.float64)
-        totals = {
-            "n": float(ok.size), "correct": float(np.sum(f["adv_pred"] == f["labels"])), "success": ok.sum(),
-            "l2": l2.sum(), "linf": linf.sum(), "l2_success": (l2 * ok).sum(), "linf_success": (linf * ok).sum(),
-        }  # fmt: skip
-        rows.append({**_row(reader.attack, totals), "shards": folder})
-    return rows
-
-
-def _evaluate(job: EvaluateJob) -> None:
-    from medhpc.attacks.robustness import masking_warnings
-
-    rows = _rows(job.shard_sets)
-    warnings = masking_warnings(rows)
-    for w in warnings:
-        log.warning("%s: gradient-masking sign (%s): %s", job.run, w["kind"], w["message"])
-    atomic.write_json(
-        {"run": job.run, "medhpc_version": __version__, "n": rows[0]["n"] if rows else 0,
-         "attacks": rows, "warnings": warnings},
-        job.output,
-    )  # fmt: skip
+    evaluate_model(job.run, job.shard_sets, job.output, dataset=job.dataset, cache=job.cache, split=job.split,
+                   image_size=job.image_size, settings=job.settings, device=device, job=job_key(job))  # fmt: skip
 
 
 def _report(job: ReportJob) -> None:
-    """The summary every later report builds on: accuracy per model and attack (JSON + Markdown)."""
-    models = []
-    for path in job.evaluations:
-        ev = json.loads(Path(path).read_text())
-        run = Path(ev["run"])
-        metrics = json.loads((run / "metrics.json").read_text())
-        models.append({"run": str(run), "arch": metrics["arch"], "head": metrics["head"],
-                       "clean_test": metrics["test"], "attacks": ev["attacks"], "warnings": ev["warnings"]})  # fmt: skip
-    atomic.write_json({"medhpc_version": __version__, "models": models}, job.output)
-    names = list(dict.fromkeys(r["name"] for m in models for r in m["attacks"]))
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for m in models:
-        acc = {r["name"]: f"{r['accuracy']:.3f}" for r in m["attacks"]}
-        lines.append(f"| {Path(m['run']).name} | " + " | ".join(acc.get(n, "") for n in names) + " |")
-    atomic.write_text("\n".join(lines) + "\n", Path(job.output).with_suffix(".md"))
+    from medhpc.report.build import build_report
+
+    build_report(job.evaluations, Path(job.output).parent, name=job.name, settings=job.settings, job=job_key(job))

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(cfg: object) -> int:
-    """Write the report from stored evaluations (every model's must be done) and print it."""
+    """Write the report (tables, figures, index page) from the stored evaluations (every
+    model's must be done) and print its short table."""
     from pathlib import Path
 
     from medhpc.jobs import is_done, run_job
@@ -73,7 +74,7 @@ def _report(cfg: object) -> int:
         raise MedhpcError(f"{len(missing)} evaluations are not done yet (python -m medhpc.sweep status)")
     Path(job.output).unlink(missing_ok=True)  # always rewritten from the stored results
     out = Path(run_job(job))
-    sys.stdout.write(out.with_suffix(".md").read_text() + f"\n{out}\n")
+    sys.stdout.write(out.with_suffix(".md").read_text() + f"\nreport: {out.parent / 'index.md'}\n")
     return 0
 
 

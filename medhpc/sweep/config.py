@@ -15,6 +15,7 @@ from typing import Any, Literal
 from medhpc.attacks.config import AttackConfig
 from medhpc.config import bad, from_dict, nohash, read_mapping, set_dotted
 from medhpc.models.config import Arch, AttentionConfig, HeadKind, VIBConfig
+from medhpc.report.config import ReportSettings
 from medhpc.train.config import OptimConfig
 
 DataKind = Literal["aptos", "cxr", "folder"]
@@ -120,6 +121,7 @@ class SweepConfig:
     split is attacked in shards of ``shard_size`` images (``limit``: only the first images).
     ``executor``: ``local`` (this machine, ``workers`` jobs at a time), ``slurm`` (submitit
     job arrays with the cluster ``profile``) or ``debug`` (in this process, one at a time).
+    ``report`` sets the uncertainty operating points and the maps (:class:`ReportSettings`).
     """
 
     name: str
@@ -141,6 +143,7 @@ class SweepConfig:
     split: Literal["val", "test"] = "test"
     limit: int | None = None
     seed: int = 0
+    report: ReportSettings = field(default_factory=ReportSettings)
     out: str = nohash("sweep-out")
     executor: Literal["local", "slurm", "debug"] = nohash("local")
     workers: int = nohash(1)

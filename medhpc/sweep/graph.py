@@ -20,6 +20,7 @@ from typing import Any
 from medhpc.attacks.config import AttackConfig, paper_attacks
 from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.models.config import ModelConfig
+from medhpc.report.config import ReportSettings
 from medhpc.store.schema import shard_filename
 from medhpc.sweep.config import DatasetSpec, SweepConfig, TrainSettings
 from medhpc.train.config import TrainConfig
@@ -72,21 +73,30 @@ class AttackJob:
 
 @dataclass(frozen=True)
 class EvaluateJob:
-    """One model's robustness table from its attack shards."""
+    """One model's evaluation from its attack shards: robustness table, uncertainty, maps
+    (:func:`medhpc.report.analyse.evaluate_model`)."""
 
     run: str
     shard_sets: tuple[str, ...]
     output: str
+    dataset: str
+    cache: str
+    split: str
+    image_size: int | None
+    settings: ReportSettings
 
     kind = "evaluate"
 
 
 @dataclass(frozen=True)
 class ReportJob:
-    """The sweep's summary over every evaluated model."""
+    """The sweep's report over every evaluated model (:func:`medhpc.report.build.build_report`);
+    ``output`` is its ``summary.json``, written last."""
 
     evaluations: tuple[str, ...]
     output: str
+    name: str
+    settings: ReportSettings
 
     kind = "report"
 
@@ -236,10 +246,13 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
                     shard=str(folder / shard_filename(set_hash, start, stop)),
                 )  # fmt: skip
                 shard_keys.append(graph.add(job, (train_key,)))
-        ev = EvaluateJob(run, tuple(shard_sets), str(Path(cfg.out) / "eval" / f"{tj.run.name}.json"))
+        ev = EvaluateJob(run, tuple(shard_sets), str(Path(cfg.out) / "eval" / f"{tj.run.name}.json"),
+                         dataset=tj.dataset, cache=tj.config.data.cache, split=cfg.split,
+                         image_size=tj.config.data.image_size, settings=cfg.report)  # fmt: skip
         evaluations.append((graph.add(ev, tuple(shard_keys)), ev))
     if all(ds.name in split_sizes for ds in cfg.datasets):
-        report = ReportJob(tuple(e.output for _, e in evaluations), str(Path(cfg.out) / "report" / "summary.json"))
+        report = ReportJob(tuple(e.output for _, e in evaluations), str(Path(cfg.out) / "report" / "summary.json"),
+                           name=cfg.name, settings=cfg.report)  # fmt: skip
         graph.add(report, tuple(k for k, _ in evaluations))
     return graph
 

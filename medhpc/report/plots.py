@@ -1,0 +1,232 @@
+"""The report's figures (PNG, matplotlib's Agg backend, no display needed).
+
+* accuracy against β per attack (per dataset, architecture and weighting with VIB heads);
+* accuracy against ε per model (attack families with an ε budget; ε = 0 is clean accuracy);
+* risk–coverage curves per model (adversarial and mixed sets, ranked by predictive entropy);
+* detection ROC curves per model and uncertainty measure;
+* Grad-CAM and attention maps per model: images with their lesion outline, the clean map and
+  the map under each attack.
+
+Every figure function takes stored results and a path, and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medhpc import atomic
+from medhpc.report.results import ModelResult, attack_names
+from medhpc.report.tables import attack_cell
+from medhpc.report.uncertainty import LABELS, MEASURES
+
+DPI = 110
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _errorbar(ax: Any, x: list[float], rows: list[dict[str, Any] | None], **kw: Any) -> None:
+    cells = [attack_cell(r) for r in rows]
+    pts = [(xi, c) for xi, c in zip(x, cells, strict=True) if c.value is not None]
+    if not pts:
+        return
+    xs = [p[0] for p in pts]
+    ys = np.array([p[1].value for p in pts], dtype=float)
+    lo = np.array([p[1].lo for p in pts], dtype=float)
+    hi = np.array([p[1].hi for p in pts], dtype=float)
+    ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], capsize=3, marker="o", ms=4, **kw)
+
+
+def accuracy_vs_beta(models: list[ModelResult], title: str, path: Path) -> Path:
+    """One line per attack over the VIB heads' β (log axis); the base model dotted."""
+    plt = _plt()
+    vib = sorted((m for m in models if m.head == "vib"), key=lambda m: m.beta or 0.0)
+    base = next((m for m in models if m.head == "linear"), None)
+    betas = [m.beta or 0.0 for m in vib]
+    positive = [b for b in betas if b > 0]
+    floor = min(positive) / 10 if positive else 1e-3
+    xs = [b if b > 0 else floor for b in betas]  # beta = 0 drawn at the left edge
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    names = attack_names(vib)
+    for i, name in enumerate(names):
+        color = f"C{i % 10}"
+        shift = 10 ** (0.025 * (i - (len(names) - 1) / 2))  # side by side, so the intervals stay readable
+        _errorbar(ax, [x * shift for x in xs], [m.attack(name) for m in vib], color=color, label=name)
+        if base is not None and (b := base.attack(name)) is not None:
+            ax.axhline(b["accuracy"], color=color, ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("β (VIB)" + (f"; β = 0 drawn at {floor:g}" if 0.0 in betas else ""))
+    ax.set_ylabel("accuracy under attack")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title + ("\n(dotted: base model)" if base is not None else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="attack", title_fontsize=7)
+    return _save(fig, path)
+
+
+def _family(cfg: dict[str, Any]) -> str | None:
+    """Attacks whose strength is ε: ``fgsm (linf)`` etc.; None for unbounded ones (CW) and none."""
+    if cfg.get("eps") is None or cfg["attack"] == "none":
+        return None
+    suffix = f" ({cfg['norm']})" if cfg.get("norm") else ""
+    extra = f", {cfg['steps']} steps" if cfg.get("steps") and cfg["attack"] != "fgsm" else ""
+    return f"{cfg['attack']}{suffix}{extra}"
+
+
+def accuracy_vs_eps(models: list[ModelResult], title: str, path: Path) -> Path:
+    """A panel per model; a line per attack family over ε, starting at the clean accuracy."""
+    plt = _plt()
+    cols = min(4, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.6 * rows), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
+    for ax, m in zip(axes.flat, models, strict=False):
+        clean = next((r for r in m.attacks if r["config"]["attack"] == "none"), None)
+        fams: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+        for r in m.attacks:
+            fam = _family(r["config"])
+            if fam is not None:
+                fams[fam].append((float(r["config"]["eps"]), r))
+        top = max((p[0] for pts in fams.values() for p in pts), default=1.0)
+        for i, (fam, pts) in enumerate(fams.items()):
+            pts.sort(key=lambda p: p[0])
+            shift = 0.012 * top * (i - (len(fams) - 1) / 2)  # side by side, so the intervals stay readable
+            xs = ([0.0] if clean else []) + [p[0] + shift for p in pts]
+            rs = ([clean] if clean else []) + [p[1] for p in pts]
+            _errorbar(ax, xs, rs, color=f"C{i % 10}", label=fam)
+        ax.set_title(m.label, fontsize=9)
+        ax.set_xlabel("ε")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if fams:
+            ax.legend(fontsize=7)
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("accuracy under attack")
+    fig.suptitle(title + " (ε = 0: clean)", fontsize=10)
+    return _save(fig, path)
+
+
+def risk_coverage(m: ModelResult, path: Path, measure: str = "predictive_entropy") -> Path:
+    """Adversarial and mixed sets per attack, with the clean set in both panels."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True, layout="constrained")
+    clean_done = False
+    for i, r in enumerate(m.attacks):
+        sel = r.get("uncertainty", {}).get("selective", {}).get(measure)
+        if sel is None:
+            continue
+        if not clean_done:
+            c = np.array(sel["clean"]["curve"])
+            for ax in axes:
+                ax.plot(c[:, 0], c[:, 1], color="k", lw=2, label=f"clean (AURC {sel['clean']['aurc']:.3f})")
+            clean_done = True
+        if r["config"]["attack"] == "none":
+            continue
+        for ax, key in zip(axes, ("adversarial", "mixed"), strict=True):
+            c = np.array(sel[key]["curve"])
+            ax.plot(c[:, 0], c[:, 1], color=f"C{i % 10}", label=f"{r['name']} (AURC {sel[key]['aurc']:.3f})")
+    for ax, key in zip(axes, ("adversarial images", "clean + adversarial"), strict=True):
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("coverage")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("risk (error rate among kept)")
+    fig.suptitle(f"{m.label}: risk–coverage, ranked by {LABELS[measure]}", fontsize=10)
+    return _save(fig, path)
+
+
+def detection_roc(m: ModelResult, path: Path) -> Path:
+    """A panel per uncertainty measure; solid: all images, dashed: successful attacks only."""
+    plt = _plt()
+    present = [k for k in MEASURES if any(k in r.get("uncertainty", {}).get("detection", {}) for r in m.attacks)]
+    present = present or ["predictive_entropy"]
+    fig, axes = plt.subplots(1, len(present), figsize=(3.9 * len(present), 3.9), squeeze=False, layout="constrained")
+    for ax, measure in zip(axes[0], present, strict=True):
+        for i, r in enumerate(m.attacks):
+            d = r.get("uncertainty", {}).get("detection", {}).get(measure)
+            if d is None:
+                continue
+            color = f"C{i % 10}"
+            if "roc" in d["all"]:
+                c = np.array(d["all"]["roc"])
+                ax.plot(c[:, 0], c[:, 1], color=color, label=f"{r['name']} ({d['all']['auroc']:.2f})")
+            if "roc" in d["successful"]:
+                c = np.array(d["successful"]["roc"])
+                ax.plot(c[:, 0], c[:, 1], color=color, ls="--", lw=1)
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
+        ax.set_title(LABELS[measure], fontsize=9)
+        ax.set_xlabel("false-positive rate (clean flagged)")
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right", title="AUROC, all images", title_fontsize=6)
+    axes[0, 0].set_ylabel("true-positive rate (adversarial flagged)")
+    fig.suptitle(f"{m.label}: detection ROC (dashed: successful attacks only)", fontsize=10)
+    return _save(fig, path)
+
+
+def maps_figure(m: ModelResult, arrays: dict[str, np.ndarray], kind: str, classes: list[str], path: Path) -> Path:
+    """Rows: images (lesion outlined in green); columns: the image, its clean map, and its map
+    under each attack, overlaid, titled with the prediction."""
+    import torch
+    import torch.nn.functional as F
+
+    plt = _plt()
+    images, masks = arrays["images"], arrays["masks"]
+    attacks = [str(a) for a in arrays["attacks"]]
+    maps_ = [arrays[f"{kind}_clean"]] + ([*arrays[f"{kind}_adv"]] if f"{kind}_adv" in arrays else [])
+    n, size = images.shape[0], images.shape[1]
+
+    def up(a: np.ndarray) -> np.ndarray:
+        t = F.interpolate(torch.from_numpy(a.astype(np.float32))[:, None], size=(size, size), mode="bilinear",
+                          align_corners=False)[:, 0].numpy()  # fmt: skip
+        lo = t.min(axis=(1, 2), keepdims=True)
+        span = t.max(axis=(1, 2), keepdims=True) - lo
+        return np.where(span > 0, (t - lo) / np.where(span > 0, span, 1), 0)
+
+    scaled = [up(a) for a in maps_]
+    cols = 1 + len(scaled)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.95 * n + 0.5), squeeze=False)
+    name = "Grad-CAM" + (" (μ path)" if m.head == "vib" else "") if kind == "gradcam" else "attention"
+    heads = ["image", f"clean {name}", *attacks]
+    preds = [arrays["clean_pred"]] + ([*arrays["adv_pred"]] if "adv_pred" in arrays else [])
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.imshow(images[i])
+        if masks[i].any():
+            ax.contour(masks[i], levels=[0.5], colors="lime", linewidths=0.8)
+        ax.set_ylabel(f"label: {classes[int(arrays['labels'][i])]}", fontsize=7)
+        for j, s in enumerate(scaled, start=1):
+            ax = axes[i, j]
+            ax.imshow(images[i])
+            ax.imshow(s[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            if masks[i].any():
+                ax.contour(masks[i], levels=[0.5], colors="lime", linewidths=0.6)
+            ax.set_title(f"pred: {classes[int(preds[j - 1][i])]}", fontsize=6, pad=2)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for j, h in enumerate(heads):
+        axes[0, j].annotate(h, (0.5, 1.22), xycoords="axes fraction", ha="center", fontsize=7, weight="bold")
+    fig.suptitle(f"{m.label}: {name} (green: lesion)", fontsize=9, y=1.0)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,105 @@
+"""The stored results a report is made of, one :class:`ModelResult` per evaluated model.
+
+Everything comes from files the sweep wrote: the evaluation JSON (attacks, uncertainty, map
+scores), the run's ``metrics.json`` (clean test metrics) and ``config.yaml`` (what model it
+is). Nothing is recomputed from a model here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medhpc.errors import MedhpcError
+
+HEAD_ORDER = {"linear": 0, "attention": 1, "vib": 2}
+
+
+class ReportError(MedhpcError):
+    """A stored result the report needs is missing or not what it should be."""
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One trained model and its evaluation."""
+
+    run: str
+    dataset: str
+    arch: str
+    head: str
+    beta: float | None
+    weighting: str
+    metrics: dict[str, Any]
+    evaluation: dict[str, Any]
+    eval_path: Path
+
+    @property
+    def name(self) -> str:
+        return Path(self.run).name
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """Models compared with each other: same data, architecture and loss weighting."""
+        return (self.dataset, self.arch, self.weighting)
+
+    @property
+    def label(self) -> str:
+        """Short human name: ``resnet50 vib β=0.001`` (``, weighted`` for weighted loss)."""
+        s = f"{self.arch} {self.head}" + (f" β={self.beta:g}" if self.beta is not None else "")
+        return s + (", weighted" if self.weighting == "weighted" else "")
+
+    @property
+    def attacks(self) -> list[dict[str, Any]]:
+        return list(self.evaluation["attacks"])
+
+    def attack(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self.attacks if r["name"] == name), None)
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (self.dataset, self.arch, self.weighting, HEAD_ORDER.get(self.head, 9), self.beta or 0.0)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: {what} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def load_result(eval_path: Path | str) -> ModelResult:
+    """Read one evaluation and the training run it names."""
+    from medhpc.report.analyse import EVAL_FORMAT
+
+    path = Path(eval_path)
+    ev = _read_json(path, "the evaluation")
+    if ev.get("format") != EVAL_FORMAT:
+        raise ReportError(f"{path}: evaluation format {ev.get('format')} is not {EVAL_FORMAT}; rerun the sweep")
+    run = Path(ev["run"])
+    metrics = _read_json(run / "metrics.json", "the training run's metrics")
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{run / 'config.yaml'}: the training run's config is missing") from None
+    model = cfg["model"]
+    beta = model["vib"]["beta"] if model["head"] == "vib" and model.get("vib") else None
+    return ModelResult(
+        run=str(run), dataset=ev.get("dataset") or Path(metrics.get("cache", "")).stem, arch=model["arch"],
+        head=model["head"], beta=beta, weighting=cfg.get("loss_weighting", "none"), metrics=metrics,
+        evaluation=ev, eval_path=path,
+    )  # fmt: skip
+
+
+def load_results(eval_paths: list[str] | tuple[str, ...]) -> list[ModelResult]:
+    """Every evaluation, ordered by dataset, architecture, weighting, head and β."""
+    return sorted((load_result(p) for p in eval_paths), key=ModelResult.sort_key)
+
+
+def attack_names(results: list[ModelResult]) -> list[str]:
+    """Attack rows in first-seen order across models."""
+    return list(dict.fromkeys(r["name"] for m in results for r in m.attacks))

@@ -1,0 +1,221 @@
+"""The report's tables, built from stored results only.
+
+* Appendix A: clean test metrics per model (the first seed's Appendix A), with 95 %
+  intervals: Wilson for the proportions, Hanley–McNeil for ROC-AUC.
+* Appendix B: accuracy under each attack per model, one table per dataset.
+* Appendix C: accuracy under each attack against β, per dataset, architecture and loss
+  weighting (the base model the VIB heads were trained on as the first column).
+* Wasserman's comparison: vanilla (linear head) against attentive accuracy under attack, with
+  absolute (percentage points) and relative change.
+* Uncertainty: detection AUROC and TPR at the FPR operating point; selective prediction.
+* Maps: pointing game and top-cell IoU, clean and adversarial, and the clean-to-adversarial
+  shift.
+
+Accuracy under attack is against the true labels (see the attacks' ``label_mode``), its
+interval the Wilson interval of ``round(accuracy × n)`` correct out of ``n``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from medhpc.metrics import auc_interval, wilson_interval
+from medhpc.report.results import ModelResult, attack_names
+from medhpc.report.table import Cell, Table
+from medhpc.report.uncertainty import LABELS, MEASURES
+
+
+def proportion(k: int, n: int) -> Cell:
+    """k / n with its Wilson interval (– when n = 0)."""
+    if n == 0:
+        return Cell(None)
+    lo, hi = wilson_interval(k, n)
+    return Cell(k / n, lo, hi)
+
+
+def attack_cell(row: dict[str, Any] | None) -> Cell:
+    """Accuracy under attack with its interval."""
+    if row is None:
+        return Cell(None)
+    n = int(row["n"])
+    return proportion(round(row["accuracy"] * n), n)
+
+
+def auc_cell(auc: float | None, n_pos: int, n_neg: int) -> Cell:
+    if auc is None:
+        return Cell(None)
+    ci = auc_interval(auc, n_pos, n_neg)
+    return Cell(auc, *(ci or (None, None)))
+
+
+def appendix_a(results: list[ModelResult]) -> Table:
+    t = Table("appendix-a", "Appendix A: clean test metrics per model",
+              ["dataset", "model", "n", "accuracy", "precision", "recall", "specificity", "F1",
+               "balanced accuracy", "ROC-AUC"],
+              note="95 % intervals: Wilson for proportions, Hanley–McNeil for ROC-AUC. "
+                   "Positive class: referable retinopathy / pneumonia.")  # fmt: skip
+    for m in results:
+        s = m.metrics["test"]
+        n = int(s["n"])
+        if "tp" in s:
+            tp, fp, fn, tn = (int(s[k]) for k in ("tp", "fp", "fn", "tn"))
+            cells = [proportion(tp + tn, n), proportion(tp, tp + fp), proportion(tp, tp + fn), proportion(tn, tn + fp),
+                     Cell(s["f1"]), Cell(s["balanced_accuracy"]), auc_cell(s.get("roc_auc"), tp + fn, tn + fp)]  # fmt: skip
+        else:  # more than two classes: macro averages without intervals
+            cells = [proportion(round(s["accuracy"] * n), n), Cell(s.get("precision")), Cell(s.get("recall")),
+                     Cell(None), Cell(s.get("f1")), Cell(s.get("balanced_accuracy")), Cell(s.get("roc_auc"))]  # fmt: skip
+        t.add([m.dataset, m.label, n, *cells])
+    return t
+
+
+def appendix_b(results: list[ModelResult]) -> list[Table]:
+    """Per dataset: attacks (rows) × models (columns)."""
+    tables = []
+    for dataset in dict.fromkeys(m.dataset for m in results):
+        models = [m for m in results if m.dataset == dataset]
+        t = Table(f"appendix-b-{dataset}", f"Appendix B: accuracy under attack, {dataset}",
+                  ["attack", *(m.label for m in models)],
+                  note=f"Accuracy against the true labels on the first {models[0].evaluation['n']} test images, "
+                       "95 % Wilson intervals.")  # fmt: skip
+        for name in attack_names(models):
+            t.add([name, *(attack_cell(m.attack(name)) for m in models)])
+        tables.append(t)
+    return tables
+
+
+def _groups(results: list[ModelResult]) -> dict[tuple[str, str, str], list[ModelResult]]:
+    groups: dict[tuple[str, str, str], list[ModelResult]] = defaultdict(list)
+    for m in results:
+        groups[m.group].append(m)
+    return groups
+
+
+def appendix_c(results: list[ModelResult]) -> list[Table]:
+    """Per dataset, architecture and weighting with VIB models: attacks × β."""
+    tables = []
+    for (dataset, arch, weighting), models in _groups(results).items():
+        vib = sorted((m for m in models if m.head == "vib"), key=lambda m: m.beta or 0.0)
+        if not vib:
+            continue
+        base = next((m for m in models if m.head == "linear"), None)
+        cols = ([base] if base else []) + vib
+        names = ["base (linear)"] if base else []
+        names += [f"β={m.beta:g}" for m in vib]
+        suffix = "" if weighting == "none" else f", {weighting} loss"
+        key = f"appendix-c-{dataset}-{arch}" + ("" if weighting == "none" else f"-{weighting}")
+        t = Table(key, f"Appendix C: accuracy under attack against β, {dataset}, {arch}{suffix}", ["attack", *names],
+                  note="VIB heads trained on the base model's frozen backbone; 95 % Wilson intervals.")  # fmt: skip
+        for name in attack_names(cols):
+            t.add([name, *(attack_cell(m.attack(name)) for m in cols)])
+        tables.append(t)
+    return tables
+
+
+def wasserman(results: list[ModelResult]) -> Table | None:
+    """Vanilla vs attentive accuracy under attack, per group that has both."""
+    t = Table("wasserman", "Vanilla vs attentive (soft attention) accuracy under attack",
+              ["dataset", "model", "attack", "vanilla", "attentive", "change", "relative change"],
+              note="change = attentive − vanilla in percentage points; relative change = change / vanilla "
+                   "(– when vanilla is 0). 95 % Wilson intervals.")  # fmt: skip
+    for (dataset, arch, weighting), models in _groups(results).items():
+        van = next((m for m in models if m.head == "linear"), None)
+        att = next((m for m in models if m.head == "attention"), None)
+        if van is None or att is None:
+            continue
+        for name in attack_names([van, att]):
+            a, b = van.attack(name), att.attack(name)
+            if a is None or b is None:
+                continue
+            change = (b["accuracy"] - a["accuracy"]) * 100
+            rel = change / (a["accuracy"] * 100) * 100 if a["accuracy"] > 0 else None
+            label = arch + ("" if weighting == "none" else f", {weighting}")
+            t.add([dataset, label, name, attack_cell(a), attack_cell(b), Cell(change, digits=1, suffix=" pp"),
+                   Cell(rel, digits=1, suffix=" %")])  # fmt: skip
+    return t if t.rows else None
+
+
+def detection(results: list[ModelResult], fpr: float) -> Table:
+    t = Table("detection", "Detecting adversarial images by uncertainty",
+              ["dataset", "model", "attack", "measure", "AUROC (all)", "AUROC (successful)",
+               f"TPR@{fpr:.0%} FPR (all)", f"TPR@{fpr:.0%} FPR (successful)", "successful"],
+              note="Clean images are negatives, adversarial ones positives, higher uncertainty = more suspect. "
+                   "'successful' keeps only the images the attack succeeded on (their clean and adversarial "
+                   "versions). 95 % Hanley–McNeil intervals. Deterministic models have predictive entropy only.")  # fmt: skip
+    for m in results:
+        for row in m.attacks:
+            u = row.get("uncertainty", {})
+            for measure in MEASURES:
+                d = u.get("detection", {}).get(measure)
+                if d is None:
+                    continue
+                a, s = d["all"], d["successful"]
+                t.add([m.dataset, m.label, row["name"], LABELS[measure],
+                       auc_cell(a["auroc"], a["n_adversarial"], a["n_clean"]),
+                       auc_cell(s["auroc"], s["n_adversarial"], s["n_clean"]),
+                       Cell(a["tpr_at_fpr"]), Cell(s["tpr_at_fpr"]), u["n_successful"]])  # fmt: skip
+    return t
+
+
+SELECTIVE_MEASURES = ("predictive_entropy", "mutual_information")
+
+
+def selective(results: list[ModelResult], coverages: tuple[float, ...]) -> Table:
+    sets = ("clean", "adversarial", "mixed")
+    cols = [f"{s} acc@{c:.0%}" for s in sets for c in coverages]
+    cols += [f"{s} AURC" for s in sets]
+    t = Table("selective", "Selective prediction: abstaining on the most uncertain images",
+              ["dataset", "model", "attack", "ranked by", *cols],
+              note="acc@c: accuracy on the fraction c of images with the lowest uncertainty; AURC: area under "
+                   "the risk–coverage curve (lower is better). 'mixed' pools the clean and adversarial images.")  # fmt: skip
+    for m in results:
+        for row in m.attacks:
+            sel = row.get("uncertainty", {}).get("selective", {})
+            for measure in SELECTIVE_MEASURES:
+                if measure not in sel:
+                    continue
+                r = sel[measure]
+                cells: list[Any] = [Cell(r[s]["at_coverage"].get(f"{c:g}")) for s in sets for c in coverages]
+                cells += [Cell(r[s]["aurc"]) for s in sets]
+                t.add([m.dataset, m.label, row["name"], LABELS[measure], *cells])
+    return t
+
+
+def maps(results: list[ModelResult]) -> Table | None:
+    t = Table("maps", "Grad-CAM and attention maps against lesion masks, clean and under attack",
+              ["dataset", "model", "map", "attack", "pointing (clean)", "pointing (adv)", "top-cell IoU (clean)",
+               "top-cell IoU (adv)", "clean–adv correlation", "clean–adv |Δ|", "lesion images"],
+              note="Pointing game: the map's maximum lies on a lesion (95 % Wilson interval over the images with "
+                   "a lesion). Top-cell IoU: the k highest cells of a grid against the k cells holding lesion. "
+                   "Shift: per-image Pearson correlation and mean absolute difference of the scaled clean and "
+                   "adversarial maps. VIB models: Grad-CAM of the μ path.")  # fmt: skip
+    for m in results:
+        mp = m.evaluation.get("maps")
+        if not mp:
+            continue
+        for kind in mp["kinds"]:
+            clean = mp["clean"][kind]
+            n_les = int(clean["n_lesion"])
+            for row in m.attacks:
+                r = (row.get("maps") or {}).get(kind)
+                if r is None:
+                    continue
+                adv = r["adversarial"]
+
+                def pg(v: float | None) -> Cell:
+                    return Cell(None) if v is None else proportion(round(v * n_les), n_les)
+
+                t.add([m.dataset, m.label, "Grad-CAM" if kind == "gradcam" else "attention", row["name"],
+                       pg(clean["pointing_game"]), pg(adv["pointing_game"]), Cell(clean["top_cell_iou"]),
+                       Cell(adv["top_cell_iou"]), Cell(r["shift"]["correlation"]), Cell(r["shift"]["abs_diff"]),
+                       n_les])  # fmt: skip
+    return t if t.rows else None
+
+
+def all_tables(results: list[ModelResult], fpr: float, coverages: tuple[float, ...]) -> list[Table]:
+    """Every table of the report, in the order of the index page."""
+    out = [appendix_a(results), *appendix_b(results), *appendix_c(results)]
+    for extra in (wasserman(results), detection(results, fpr), selective(results, coverages), maps(results)):
+        if extra is not None and extra.rows:
+            out.append(extra)
+    return out
