@@ -49,7 +49,17 @@ def is_done(job: Job) -> bool:
         data = json.loads(Path(job.output).read_text())
     except (OSError, ValueError):
         return False
-    return data.get("format") == want and data.get("job") == job_key(job)
+    if data.get("format") != want or data.get("job") != job_key(job):
+        return False
+    if isinstance(job, ReportJob):  # and it was built from the evaluations as they are now
+        inputs = data.get("inputs", {})
+        for path in job.evaluations:
+            try:
+                if json.loads(Path(path).read_text()).get("job") != inputs.get(path):
+                    return False
+            except (OSError, ValueError):
+                return False
+    return True
 
 
 def run_job(job: Job, device: str = "auto", progress: bool | None = False) -> str:

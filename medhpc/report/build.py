@@ -147,6 +147,7 @@ def build_report(
     atomic.write_text(_summary_md(results), out / "summary.md")
     summary = {
         "format": REPORT_FORMAT, "job": job, "medhpc_version": __version__, "name": name,
+        "inputs": {str(m.eval_path): m.evaluation.get("job") for m in results},
         "tables": [t.key for t in tabs], "figures": [p.relative_to(out).as_posix() for _, _, p in figs],
         "models": [{"run": m.run, "dataset": m.dataset, "arch": m.arch, "head": m.head, "beta": m.beta,
                     "weighting": m.weighting, "clean_test": m.metrics["test"],

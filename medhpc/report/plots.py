@@ -222,6 +222,9 @@ def maps_figure(m: ModelResult, arrays: dict[str, np.ndarray], kind: str, classe
             if masks[i].any():
                 ax.contour(masks[i], levels=[0.5], colors="lime", linewidths=0.6)
             ax.set_title(f"pred: {classes[int(preds[j - 1][i])]}", fontsize=6, pad=2)
+            if not (maps_[j - 1][i] > 0).any():  # Grad-CAM's ReLU left nothing: no evidence for the target
+                ax.text(0.5, 0.5, "flat map:\nno evidence\nfor the target", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=6, color="white")  # fmt: skip
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])

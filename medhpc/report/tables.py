@@ -186,7 +186,7 @@ def maps(results: list[ModelResult]) -> Table | None:
               ["dataset", "model", "map", "attack", "pointing (clean)", "pointing (adv)", "top-cell IoU (clean)",
                "top-cell IoU (adv)", "clean–adv correlation", "clean–adv |Δ|", "lesion images"],
               note="Pointing game: the map's maximum lies on a lesion (95 % Wilson interval over the images with "
-                   "a lesion). Top-cell IoU: the k highest cells of a grid against the k cells holding lesion. "
+                   "a lesion; a flat map, no evidence for the target, counts as a miss). Top-cell IoU: the k highest cells of a grid against the k cells holding lesion. "
                    "Shift: per-image Pearson correlation and mean absolute difference of the scaled clean and "
                    "adversarial maps. VIB models: Grad-CAM of the μ path.")  # fmt: skip
     for m in results:

@@ -126,3 +126,14 @@ def test_finished_evaluations_are_skipped_until_the_report_settings_change(sweep
     changed = full_graph(load_sweep(sweep, {"report.grid": 5}))
     assert not any(is_done(changed.jobs[k]) for k in changed.by_kind("evaluate") + changed.by_kind("report"))
     assert all(is_done(changed.jobs[k]) for k in changed.by_kind("attack"))  # the shards stand
+
+    # an evaluation redone (new shards, other settings) makes the report stale
+    (report,) = [graph.jobs[k] for k in graph.by_kind("report")]
+    ev = Path(report.evaluations[0])
+    original = ev.read_text()
+    ev.write_text(json.dumps({**json.loads(original), "job": "evaluate-000000000000"}))
+    try:
+        assert not is_done(report)
+    finally:
+        ev.write_text(original)
+    assert is_done(report)
