@@ -187,23 +187,14 @@ def detection_roc(m: ModelResult, path: Path) -> Path:
 def maps_figure(m: ModelResult, arrays: dict[str, np.ndarray], kind: str, classes: list[str], path: Path) -> Path:
     """Rows: images (lesion outlined in green); columns: the image, its clean map, and its map
     under each attack, overlaid, titled with the prediction."""
-    import torch
-    import torch.nn.functional as F
+    from medhpc.report.maps import upsample  # the scaling the scores use (imports torch)
 
     plt = _plt()
     images, masks = arrays["images"], arrays["masks"]
     attacks = [str(a) for a in arrays["attacks"]]
     maps_ = [arrays[f"{kind}_clean"]] + ([*arrays[f"{kind}_adv"]] if f"{kind}_adv" in arrays else [])
     n, size = images.shape[0], images.shape[1]
-
-    def up(a: np.ndarray) -> np.ndarray:
-        t = F.interpolate(torch.from_numpy(a.astype(np.float32))[:, None], size=(size, size), mode="bilinear",
-                          align_corners=False)[:, 0].numpy()  # fmt: skip
-        lo = t.min(axis=(1, 2), keepdims=True)
-        span = t.max(axis=(1, 2), keepdims=True) - lo
-        return np.where(span > 0, (t - lo) / np.where(span > 0, span, 1), 0)
-
-    scaled = [up(a) for a in maps_]
+    scaled = [upsample(a, size) for a in maps_]
     cols = 1 + len(scaled)
     fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.95 * n + 0.5), squeeze=False)
     name = "Grad-CAM" + (" (μ path)" if m.head == "vib" else "") if kind == "gradcam" else "attention"
