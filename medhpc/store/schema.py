@@ -72,7 +72,8 @@ name                 type     meaning
 ``format``           str      always ``"medhpc.shard"``
 ``schema_version``   int      this schema's version (:data:`SCHEMA_VERSION`)
 ``medhpc_version``   str      the medhpc that wrote the shard
-``created``          str      UTC time the shard was completed, ISO 8601
+``created``          str      UTC time the shard was completed, ISO 8601 (``SOURCE_DATE_EPOCH``
+                              when that is set, so that reruns give byte-identical shards)
 ``config_hash``      str      names the set the shard belongs to (shared by all its shards)
 ``attack_config``    str      JSON of the attack config (``medhpc.config.to_dict``)
 ``attack_hash``      str      ``medhpc.config.config_hash`` of the attack config

@@ -565,7 +565,7 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
         attrs = dict(self.attrs)
         attrs["stop"] = self.start + self.n
         attrs["classes"] = int(self._classes or 0)
-        attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        attrs["created"] = created_time()
         if attrs["set_size"] != -1 and attrs["stop"] > attrs["set_size"]:
             raise ShardError(
                 f"{self.path}: images [{self.start}, {attrs['stop']}) run past meta.set_size = {attrs['set_size']}"
@@ -584,6 +584,20 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
         assert self._h5 is not None
         for key, value in attrs.items():
             self._h5.attrs[key] = np.int64(value) if isinstance(value, int) else value
+
+
+def created_time() -> str:
+    """The ``created`` attribute: now, or ``SOURCE_DATE_EPOCH`` when set (the reproducible-builds
+    convention), so that the same inputs give byte-identical shards and equal sidecars."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            when = datetime.fromtimestamp(int(epoch), UTC)
+        except (ValueError, OverflowError, OSError):
+            raise ShardError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}") from None
+    else:
+        when = datetime.now(UTC)
+    return when.isoformat(timespec="seconds")
 
 
 def _preview(arr: np.ndarray, k: int = 6) -> str:
