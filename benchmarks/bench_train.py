@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from medhpc.data import CacheLoader, make_synthetic, prepare
 from medhpc.models import ModelConfig, build_model
-from medhpc.train.evaluate import prepare_batch
+from medhpc.data.cache import prepare_batch
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

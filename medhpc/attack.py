@@ -26,9 +26,9 @@ from medhpc.attacks.robustness import evaluate_robustness
 from medhpc.config import bad, config_hash, from_dict, nohash, read_mapping, set_dotted, to_dict
 from medhpc.data.cache import CacheLoader
 from medhpc.errors import MedhpcError
-from medhpc.train.checkpoint import load_model, resolve
-from medhpc.train.evaluate import prepare_batch
-from medhpc.train.loop import resolve_device
+from medhpc.models.checkpoint import load_model, resolve
+from medhpc.data.cache import prepare_batch
+from medhpc.device import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ key, a wrong type or an impossible value raises :class:`ConfigError` naming the 
 A config class is a ``@dataclass(frozen=True)`` whose fields are plain types (bool, int,
 float, str, Literal, Optional, tuple, dict with str keys) or nested config classes. It may define
 ``_check(self)`` to reject impossible combinations (raise :func:`bad`). Fields declared with
-``field(metadata={"hash": False})`` (output folders, worker counts) do not change the hash.
+``field(metadata={"hash": False})`` (output folders, worker counts) do not change the hash;
+fields declared with :func:`hashed_when_set` change it only when set (settings added later).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def bad(key: str, message: str) -> _Bad:
     return _Bad(key, message)
 
 
-def read_mapping(path: Path | str) -> dict[str, Any]:
-    """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a dict."""
+def read_mapping(path: Path | str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a dict, then apply
+    dotted-key ``overrides`` (``{"optim.lr": 1e-3}``, what ``--set`` gives)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file does not exist: {path}")
@@ -63,15 +65,14 @@ def read_mapping(path: Path | str) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
     return data
 
 
 def load(cls: type[T], path: Path | str, overrides: dict[str, Any] | None = None) -> T:
     """Load config class ``cls`` from a file, with optional dotted-key ``overrides``."""
-    data = read_mapping(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return from_dict(cls, data, source=str(path))
+    return from_dict(cls, read_mapping(path, overrides), source=str(path))
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -192,12 +193,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def _hashed(f: dataclasses.Field[Any], value: Any) -> bool:
+    rule = f.metadata.get("hash", True)
+    return value is not None if rule == WHEN_SET else bool(rule)
+
+
 def _hashable(cfg: Any) -> Any:
     if dataclasses.is_dataclass(cfg):
         return {
             f.name: _hashable(getattr(cfg, f.name))
             for f in dataclasses.fields(cfg)
-            if f.metadata.get("hash", True)
+            if _hashed(f, getattr(cfg, f.name))
         }
     if isinstance(cfg, (list, tuple)):
         return [_hashable(v) for v in cfg]
@@ -213,6 +219,18 @@ def config_hash(cfg: Any, length: int = 12) -> str:
 def dump_yaml(cfg: Any, path: Path | str) -> None:
     """Write the resolved config (every default filled in) next to a job's outputs."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+WHEN_SET = "when_set"
+
+
+def hashed_when_set(default: Any = None) -> Any:
+    """A field that enters :func:`config_hash` only while it is not None.
+
+    For settings added after outputs exist (a new attack's parameter, a new head's section):
+    every config that leaves them unset keeps the hash, and so the outputs, it had before.
+    """
+    return dataclasses.field(default=default, metadata={"hash": WHEN_SET})
 
 
 def nohash(default: Any = dataclasses.MISSING, **kw: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from medhpc.data.errors import DataError
@@ -272,6 +273,22 @@ def to_float(
     if device is not None:
         images = images.to(device, non_blocking=non_blocking)
     return images.to(torch.float32).div_(255.0)
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    device: torch.device,
+    image_size: int | None,
+    channels_last: bool,
+) -> torch.Tensor:
+    """uint8 (B,3,S,S) -> float [0, 1] on ``device``, resized to ``image_size`` if given.
+
+    The one preprocessing of cached images: training, evaluation, attacks and the maps all
+    see the images through it, so a shard holds what the model was evaluated on."""
+    x = to_float(images, device, non_blocking=True)
+    if image_size is not None and x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _plain(value: Any) -> Any:

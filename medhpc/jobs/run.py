@@ -118,8 +118,8 @@ def _prepare(job: PrepareJob) -> None:
 
 def _attack(job: AttackJob, device: str) -> None:
     from medhpc.store import attack_to_shard, cache_batches
-    from medhpc.train.checkpoint import load_model
-    from medhpc.train.loop import resolve_device
+    from medhpc.models.checkpoint import load_model
+    from medhpc.device import resolve_device
 
     dev = resolve_device(device)
     model, train_cfg = load_model(job.run, dev)

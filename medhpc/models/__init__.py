@@ -3,6 +3,7 @@
 Every model takes images in [0, 1] and normalises inside, so attacks work in pixel space.
 """
 
+from medhpc.models.checkpoint import CheckpointError, load_model
 from medhpc.models.classifier import Classifier, InputError, TrainOutput, build_model
 from medhpc.models.config import AttentionConfig, ModelConfig, VIBConfig
 from medhpc.models.heads import HeadOutput, LinearHead, SoftAttentionHead, VIBHead
@@ -11,6 +12,7 @@ from medhpc.models.weights import WeightsError
 
 __all__ = [
     "AttentionConfig",
+    "CheckpointError",
     "Classifier",
     "HeadOutput",
     "InputError",
@@ -25,5 +27,6 @@ __all__ = [
     "build_model",
     "fixed_noise",
     "is_stochastic",
+    "load_model",
     "noise_sources",
 ]

@@ -65,7 +65,7 @@ def _clean_images(cache: str, split: str, index: np.ndarray, image_size: int | N
     import torch.nn.functional as F
 
     from medhpc.data.cache import CacheDataset, cache_info
-    from medhpc.train.evaluate import prepare_batch
+    from medhpc.data.cache import prepare_batch
 
     with_mask = split in cache_info(cache)["masks"]  # real data sets come without lesion masks
     ds = CacheDataset(cache, split, with_mask=with_mask)
@@ -116,8 +116,8 @@ def map_results(
 
     from medhpc.report import maps as M
     from medhpc.store import ShardReader
-    from medhpc.train.checkpoint import load_model
-    from medhpc.train.loop import resolve_device
+    from medhpc.models.checkpoint import load_model
+    from medhpc.device import resolve_device
 
     dev = resolve_device(device)
     model, _ = load_model(run, dev)

@@ -197,7 +197,7 @@ def cache_batches(
     so the shard holds the images the model was evaluated on.
     """
     from medhpc.data.cache import CacheDataset
-    from medhpc.train.evaluate import prepare_batch
+    from medhpc.data.cache import prepare_batch
 
     if batch_size < 1:
         raise ShardError(f"batch_size must be >= 1, got {batch_size}")

@@ -1,7 +1,8 @@
 """Checkpoints that resume exactly: weights, optimiser, schedule, scaler, RNG states, progress.
 
 Written atomically at the end of every epoch and read with ``weights_only=True`` (no pickled
-code runs at load): everything in them is tensors and plain Python.
+code runs at load): everything in them is tensors and plain Python. Reading a kept model
+(``best.pt``) is the models' concern: :mod:`medhpc.models.checkpoint`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,9 @@ import torch
 from torch import nn
 
 from medhpc import __version__, atomic
-from medhpc.errors import MedhpcError
+from medhpc.models.checkpoint import BEST, FORMAT, CheckpointError, load, resolve
 
-FORMAT = 1
 LAST = "last.pt"
-BEST = "best.pt"
-
-
-class CheckpointError(MedhpcError):
-    """A checkpoint that cannot be read or does not belong to this run."""
 
 
 @dataclass
@@ -96,46 +91,5 @@ def save_weights(path: Path, *, model: nn.Module, config: dict[str, Any], config
     )
 
 
-def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint does not exist: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, wrong format, unsafe pickle: all unreadable
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not a medhpc checkpoint (format {FORMAT})")
-    return ckpt
-
-
-def resolve(path: Path | str) -> Path:
-    """A run folder means its kept model (``best.pt``); a file means itself."""
-    path = Path(path)
-    return path / BEST if path.is_dir() else path
-
-
-def load_model(source: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The kept model of a run (folder or checkpoint file), in eval mode, and its run config.
-
-    The architecture is rebuilt from the config stored in the checkpoint, with
-    ``weights: none`` (the checkpoint's weights replace any initial weights, so an ImageNet
-    file need not be present where the model is attacked).
-    """
-    from dataclasses import replace
-
-    from medhpc.config import ConfigError, from_dict
-    from medhpc.models import ModelConfig, build_model
-
-    path = resolve(source)
-    ckpt = load(path, map_location="cpu")
-    try:
-        cfg = from_dict(ModelConfig, ckpt["config"]["model"], source=str(path))
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{path} holds no model config") from None
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: stored model config is not valid here: {exc}") from None
-    model = build_model(replace(cfg, weights="none"))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt["config"]
+__all__ = ["BEST", "FORMAT", "LAST", "CheckpointError", "Progress", "load", "resolve", "save", "save_weights",
+           "rng_state", "set_rng_state"]  # fmt: skip

@@ -12,23 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from medhpc.data.cache import CacheLoader, to_float
+from medhpc.data.cache import CacheLoader, prepare_batch
 from medhpc.metrics import binary_metrics
 
 log = logging.getLogger(__name__)
-
-
-def prepare_batch(
-    images: torch.Tensor,
-    device: torch.device,
-    image_size: int | None,
-    channels_last: bool,
-) -> torch.Tensor:
-    """uint8 (B,3,S,S) -> float [0, 1] on ``device``, resized to ``image_size`` if given."""
-    x = to_float(images, device, non_blocking=True)
-    if image_size is not None and x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @torch.no_grad()

@@ -25,12 +25,14 @@ from medhpc import __version__, atomic
 from medhpc.config import ConfigError, config_hash, to_dict
 from medhpc.data.cache import CacheLoader, cache_info
 from medhpc.data.errors import DataError
+from medhpc.device import resolve_device
 from medhpc.models import Classifier, build_model
 from medhpc.models.backbones import MIN_SIZE
 from medhpc.train import checkpoint
 from medhpc.train.checkpoint import Progress
 from medhpc.train.config import TrainConfig
-from medhpc.train.evaluate import metrics_of, predict, prepare_batch, write_predictions
+from medhpc.data.cache import prepare_batch
+from medhpc.train.evaluate import metrics_of, predict, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,6 @@ CONFIG = "config.yaml"
 def run_dir(cfg: TrainConfig) -> Path:
     """The run's folder, named by architecture, head and config hash."""
     return Path(cfg.out) / f"{cfg.model.arch}-{cfg.model.head}-{config_hash(cfg)}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for but no CUDA device is visible")
-    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -15,7 +15,7 @@ from medhpc.attack import RobustnessConfig, evaluate_run, load_config, output_pa
 from medhpc.config import ConfigError, from_dict
 from medhpc.data.cache import CacheLoader, to_float
 from medhpc.train import from_mapping, train
-from medhpc.train.checkpoint import load_model
+from medhpc.models.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
