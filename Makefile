@@ -17,7 +17,7 @@ export MAX_JOBS ?= 2
 
 EXT_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup check demo test bench clean
 
 $(VENV)/.deps: requirements-pinned.txt requirements-refs.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,13 @@ demo: setup
 	$(PY) -m medhpc.sweep run medhpc/configs/sweep-demo.yaml --set out=$(DEMO_DIR)/sweep
 	@cat $(DEMO_DIR)/sweep/report/summary.md; echo "report (tables, figures, maps): $(DEMO_DIR)/sweep/report/index.md"
 
-test: setup
+# The static checks first (seconds), then the suite: CI runs exactly this.
+check: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from medhpc.data import CacheLoader, make_synthetic, prepare
-from medhpc.models import ModelConfig, build_model
 from medhpc.data.cache import prepare_batch
+from medhpc.models import ModelConfig, build_model
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -10,9 +10,9 @@ B in {32, 256}, float32:
 * ``compiled`` -- ``torch.compile`` of that same reference (inductor), compiled and warmed up
   outside the timed region, in its :func:`~medhpc.ops.reference.vib_reparam_at` form, which
   takes the noise positions (``arange(S*B*K)``, made once outside) as an input: with the
-  ``arange`` inside the graph, inductor never finished compiling the ten Philox rounds here. A compile that raises or runs past ``MEDHPC_BENCH_COMPILE_TIMEOUT_S``
-  is reported as an expected failure with its reason (and in ``extra_info`` of the other rows),
-  not hidden.
+  ``arange`` inside the graph, inductor never finished compiling the ten Philox rounds here.
+  A compile that raises or runs past ``MEDHPC_BENCH_COMPILE_TIMEOUT_S`` is reported as an
+  expected failure with its reason (and in ``extra_info`` of the other rows), not hidden.
 
 ``test_vib_implementations_agree`` (not a benchmark) checks once that the three give the same
 z, kl and gradients, so the timings compare equal work.

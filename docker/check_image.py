@@ -41,7 +41,7 @@ def problems(gpu: bool) -> list[str]:
     a = torch.linspace(-3, 8, 6 * 33).reshape(6, 33)
     want = reference.vib_reparam(mu, a, 3, 7, 5, True, True)
     got = vib_reparam(mu.cuda(), a.cuda(), 3, seed=7, offset=5, relu=True, kl_reduction="mean")
-    for name, w, g in zip(("z", "kl"), want, got):
+    for name, w, g in zip(("z", "kl"), want, got, strict=True):
         if not torch.allclose(w, g.cpu(), rtol=1e-5, atol=1e-5):  # the tests' float32 tolerance
             found.append(f"vib_reparam on {torch.cuda.get_device_name()}: {name} differs from the reference")
     x = torch.rand(2, 3, 8, 8)

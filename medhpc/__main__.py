@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from medhpc.cli import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ignore-tmp", action="store_true", help="do not report temporaries (while writers may be running)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     if args.command == "info":
         from medhpc.info import collect, format_text

@@ -22,7 +22,7 @@ def _load() -> tuple[ModuleType | None, str | None]:
     if os.environ.get("MEDHPC_DISABLE_EXT", "0").lower() in {"1", "true", "yes", "on"}:
         return None, "disabled by MEDHPC_DISABLE_EXT=1"
     try:
-        from medhpc import _C as lib
+        import medhpc._C as lib
     except ImportError as exc:
         return None, f"{type(exc).__name__}: {exc}"
     return lib, None

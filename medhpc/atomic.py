@@ -39,7 +39,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise
 
 
-def write_with(path: Path | str, writer: Callable[[IO[bytes]], None]) -> None:
+def write_with(path: Path | str, writer: Callable[[IO[bytes]], object]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer(fh)
 

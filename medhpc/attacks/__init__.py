@@ -2,9 +2,11 @@
 
 Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
 over a batch of images in the pixel range, batched on the images' device with no host
-synchronisation inside its iteration loop, reproducible from its seed. :class:`AttackConfig`
+synchronisation inside its iteration loop, reproducible from its seed. Each declares its facts
+in an :class:`AttackSpec` (:mod:`medhpc.attacks.registry` lists them). :class:`AttackConfig`
 and :func:`run_attack` describe and run one as a sweep job; :func:`evaluate_robustness` builds
-the accuracy-under-attack table with gradient-masking warnings.
+the accuracy-under-attack table with gradient-masking warnings; ``python -m medhpc.attacks``
+runs a list of attacks on a finished training run.
 """
 
 from medhpc.attacks.apgd import apgd_ce, checkpoint_schedule
@@ -12,8 +14,11 @@ from medhpc.attacks.common import AttackResult, eot_gradient, perturbation_norms
 from medhpc.attacks.config import ATTACKS, AttackConfig, AttackConfigError, paper_attacks, run_attack
 from medhpc.attacks.cw import cw_l2
 from medhpc.attacks.fgsm import fgsm
+from medhpc.attacks.none import none
 from medhpc.attacks.pgd import pgd
-from medhpc.attacks.robustness import evaluate_robustness, masking_warnings
+from medhpc.attacks.registry import attack_names, get_attack
+from medhpc.attacks.robustness import attack_row, evaluate_robustness, masking_warnings
+from medhpc.attacks.spec import AttackSpec
 from medhpc.attacks.spsa import spsa, spsa_chunk, spsa_gradient
 
 __all__ = [
@@ -21,13 +26,18 @@ __all__ = [
     "AttackConfig",
     "AttackConfigError",
     "AttackResult",
+    "AttackSpec",
     "apgd_ce",
+    "attack_names",
+    "attack_row",
     "checkpoint_schedule",
     "cw_l2",
     "eot_gradient",
     "evaluate_robustness",
     "fgsm",
+    "get_attack",
     "masking_warnings",
+    "none",
     "paper_attacks",
     "perturbation_norms",
     "pgd",

@@ -24,12 +24,9 @@ from medhpc.attacks.common import (
     Clip,
     LabelMode,
     ascent_direction,
+    begin,
     ce_ascent,
-    check_batch,
-    check_clip,
     check_count,
-    check_label_mode,
-    check_norm,
     check_number,
     clamp_box,
     decide,
@@ -39,11 +36,8 @@ from medhpc.attacks.common import (
     project,
     project_to_feasible,
     random_start,
-    resolve_labels,
-    resolve_rng,
-    warn_training_mode,
 )
-from medhpc.models.noise import is_stochastic
+from medhpc.attacks.spec import AttackSpec
 
 
 def checkpoint_schedule(steps: int) -> list[int]:
@@ -99,25 +93,20 @@ def apgd_ce(
     -------
     AttackResult: per image a successful iterate if one was found, else the highest-loss one.
     """
-    check_batch(x, y)
-    eps = check_number("eps", eps)
     steps = check_count("steps", steps)
     restarts = check_count("restarts", restarts)
-    norm_ = check_norm(norm)
     momentum = check_number("momentum", momentum)
     if momentum > 1:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     rho = check_number("rho", rho)
     if rho > 1:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
-    box = check_clip(clip)
-    mode = check_label_mode(label_mode, y, targeted)
-    eot = check_count("eot", eot)
-    warn_training_mode(model, "apgd_ce")
-    gen, base = resolve_rng(x.device, seed, generator)
-    x = x.detach()
-    labels = resolve_labels(model, x, y, mode, base)
-    noisy = is_stochastic(model)
+    s = begin(SPEC, model, x, y, clip=clip, label_mode=label_mode, targeted=targeted, seed=seed,
+              generator=generator, eps=eps, norm=norm, eot=eot)  # fmt: skip
+    assert s.eps is not None and s.norm is not None
+    x, eps, norm_, box, labels, gen, base, eot, noisy = (
+        s.x, s.eps, s.norm, s.box, s.labels, s.generator, s.seed, s.eot, s.stochastic
+    )
 
     def loss_fn(logits: torch.Tensor) -> torch.Tensor:
         return ce_ascent(logits, labels, targeted)
@@ -192,3 +181,6 @@ def apgd_ce(
 
     x_adv = torch.where(found_all.view(bshape), adv_all, best_all)
     return finish(model, x, x_adv, labels, targeted, base)
+
+
+SPEC = AttackSpec("apgd_ce", apgd_ce, bounded=True, white_box=True, iterative=True, fixed=("momentum", "rho"))

@@ -1,5 +1,5 @@
-"""What every attack shares: the result record, argument checks, labels, losses, projection,
-random starts and the EOT gradient.
+"""What every attack shares: the result record, argument checks and the preamble (:func:`begin`),
+labels, losses, projection, random starts and the EOT gradient.
 
 The rules all attacks follow, so that a sweep can run them on a GPU at full speed:
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medhpc.attacks.spec import AttackSpec
 from medhpc.models.noise import fixed_noise, is_stochastic
 
 log = logging.getLogger(__name__)
@@ -420,3 +421,63 @@ def finish(
     pred, success = decide(model_logits(model, x_adv, derive_seed(seed, 0xF1A1)), labels, targeted)
     l2, linf = perturbation_norms(x_adv, x)
     return AttackResult(x_adv, labels, success, pred, l2.to(x.dtype), linf.to(x.dtype), targeted, const)
+
+
+# ---------------------------------------------------------------------------------------------
+# The preamble every attack runs after checking its own parameters
+
+
+@dataclass
+class Setup:
+    """What an attack starts from: its checked arguments, detached images and the labels to attack.
+
+    ``x`` is detached (and clamped into the box for attacks that need a finite one), ``norm``
+    and ``eps`` are None for attacks without them, ``seed`` is the base seed every draw derives
+    from, ``stochastic`` whether the model draws noise (then EOT applies).
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    box: Clip
+    norm: Norm | None
+    eps: float | None
+    eot: int
+    generator: torch.Generator
+    seed: int
+    stochastic: bool
+
+
+def begin(
+    spec: AttackSpec,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    *,
+    clip: Clip | None,
+    label_mode: Any,
+    targeted: bool,
+    seed: int,
+    generator: torch.Generator | None,
+    eps: Any = None,
+    norm: Any = None,
+    eot: Any = None,
+) -> Setup:
+    """Check the arguments every attack shares, then set it up: the RNG, the images, the labels.
+
+    The checks read no tensor values (no host synchronisation); the one model call resolves
+    the labels (the model's clean predictions in label mode ``pred``). ``eps`` is checked
+    when ``spec.bounded``, ``norm`` and ``eot`` when the attack takes them (not None).
+    """
+    check_batch(x, y)
+    eps_ = check_number("eps", eps) if spec.bounded else None
+    norm_ = check_norm(norm) if norm is not None else None
+    box = check_finite_clip(clip, spec.name) if spec.finite_clip else check_clip(clip)
+    mode = check_label_mode(label_mode, y, targeted)
+    eot_ = check_count("eot", eot) if eot is not None else 1
+    warn_training_mode(model, spec.name)
+    gen, base = resolve_rng(x.device, seed, generator)
+    x = x.detach()
+    if spec.finite_clip:
+        x = x.clamp(*box)
+    labels = resolve_labels(model, x, y, mode, base)
+    return Setup(x, labels, box, norm_, eps_, eot_, gen, base, is_stochastic(model))

@@ -6,51 +6,64 @@ attack does not use stay ``None``; settings it uses and the file leaves out are 
 attack's defaults on construction, so the saved config and its hash say exactly what ran.
 Setting a parameter the chosen attack does not take is an error (a typo'd sweep would
 otherwise run something else than intended).
+
+Which parameters an attack takes, and their defaults, are read from its function's signature
+through its :class:`~medhpc.attacks.spec.AttackSpec`; what values a parameter accepts is
+declared once, on its field here. A parameter added later is declared with
+:func:`medhpc.config.hashed_when_set`, so that existing configs keep their hashes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from medhpc.attacks.apgd import apgd_ce
-from medhpc.attacks.common import AttackResult, finish, resolve_labels
-from medhpc.attacks.cw import cw_l2
-from medhpc.attacks.fgsm import fgsm
-from medhpc.attacks.pgd import pgd
-from medhpc.attacks.spsa import spsa
+from medhpc.attacks.common import AttackResult
+from medhpc.attacks.registry import ATTACKS, get_attack
+from medhpc.attacks.spec import AttackSpec
 from medhpc.config import ConfigError, _Bad, nohash
 
-AttackName = Literal["none", "fgsm", "pgd", "cw_l2", "spsa", "apgd_ce"]
-ATTACKS: tuple[str, ...] = ("none", "fgsm", "pgd", "cw_l2", "spsa", "apgd_ce")
+Check = Callable[[Any], str | None]
 
-#: Per attack, the optional parameters it takes and their defaults (CleverHans' where it has
-#: them; PGD's step size defaults to 2.5 ε / steps, capped at ε, after Madry et al.).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "fgsm": {"norm": "linf", "eot": 1},
-    "pgd": {"norm": "linf", "steps": 10, "step_size": None, "random_init": True, "eot": 1},
-    "cw_l2": {
-        "steps": 1000, "search_steps": 5, "lr": 5e-3, "initial_const": 1e-2, "confidence": 0.0,
-        "warm_start": True, "eot": 1,
-    },
-    "spsa": {
-        "norm": "linf", "steps": 5, "lr": 0.01, "delta": 0.01, "samples": 128, "random_init": False,
-        "early_stop_loss": None,
-    },
-    "apgd_ce": {"norm": "linf", "steps": 100, "restarts": 1, "random_init": True, "eot": 1},
-}  # fmt: skip
-#: Attacks bounded by an ε-ball (``eps`` required).
-BOUNDED: tuple[str, ...] = ("fgsm", "pgd", "spsa", "apgd_ce")
-_OPTIONAL = (
-    "norm", "steps", "step_size", "random_init", "eot", "search_steps", "lr", "initial_const",
-    "confidence", "warm_start", "delta", "samples", "early_stop_loss", "restarts",
-)  # fmt: skip
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return None if ok else "must be an integer >= 1"
+
+
+def _nonnegative(value: Any) -> str | None:
+    return None if _real(value) and value >= 0 else "must be a number >= 0"
+
+
+def _positive(value: Any) -> str | None:
+    return None if _real(value) and value > 0 else "must be a number > 0"
+
+
+def _number(value: Any) -> str | None:
+    return None if _real(value) else "must be a number"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _norm(value: Any) -> str | None:
+    return None if value in ("linf", "l2") else "must be 'linf' or 'l2'"
+
+
+def param(check: Check) -> Any:
+    """A tunable attack parameter: None unless the attack takes it; ``check`` says what it accepts."""
+    return field(default=None, metadata={"check": check})
 
 
 class AttackConfigError(ConfigError, _Bad):
@@ -65,93 +78,79 @@ class AttackConfigError(ConfigError, _Bad):
 class AttackConfig:
     """One attack and all its parameters.
 
-    ``attack`` is one of ``none`` (clean evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``,
-    ``apgd_ce``. ``eps`` is required by the bounded attacks (fgsm, pgd, spsa, apgd_ce) and
-    must be left out for none and cw_l2. ``label_mode`` "pred" attacks the model's own
-    predictions (the original scripts' y = None); "true" the true labels; with ``targeted`` the
-    labels given to :func:`run_attack` are the targets. ``clip`` None disables clipping to the
-    pixel range (the scripts' FGSM/PGD/SPSA; CW needs a finite box). ``max_batch_bytes`` only
-    sets SPSA's probe memory per model call (None: the device's default); it does not change
-    the result, so it is not hashed.
+    ``attack`` is the name of a registered attack (:data:`ATTACKS`): ``none`` (clean
+    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``. ``eps`` is required by
+    the bounded attacks and must be left out for the others. ``label_mode`` "pred" attacks the
+    model's own predictions (the original scripts' y = None); "true" the true labels; with
+    ``targeted`` the labels given to :func:`run_attack` are the targets. ``clip`` None
+    disables clipping to the pixel range (the scripts' FGSM/PGD/SPSA; CW needs a finite box).
+    ``max_batch_bytes`` only sets SPSA's probe memory per model call (None: the device's
+    default); it does not change the result, so it is not hashed.
     """
 
-    attack: AttackName
+    attack: str
     eps: float | None = None
-    norm: Literal["linf", "l2"] | None = None
-    steps: int | None = None
-    step_size: float | None = None
-    random_init: bool | None = None
-    eot: int | None = None
-    search_steps: int | None = None
-    lr: float | None = None
-    initial_const: float | None = None
-    confidence: float | None = None
-    warm_start: bool | None = None
-    delta: float | None = None
-    samples: int | None = None
-    early_stop_loss: float | None = None
-    restarts: int | None = None
+    norm: Literal["linf", "l2"] | None = param(_norm)
+    steps: int | None = param(_count)
+    step_size: float | None = param(_nonnegative)
+    random_init: bool | None = param(_flag)
+    eot: int | None = param(_count)
+    search_steps: int | None = param(_count)
+    lr: float | None = param(_positive)
+    initial_const: float | None = param(_positive)
+    confidence: float | None = param(_nonnegative)
+    warm_start: bool | None = param(_flag)
+    delta: float | None = param(_positive)
+    samples: int | None = param(_count)
+    early_stop_loss: float | None = param(_number)
+    restarts: int | None = param(_count)
     targeted: bool = False
     label_mode: Literal["true", "pred"] = "true"
     clip: tuple[float, float] | None = (0.0, 1.0)
     max_batch_bytes: int | None = nohash(None)
 
     def __post_init__(self) -> None:
-        if self.attack not in ATTACKS:
+        spec = self.spec
+        takes = spec.parameters(TUNABLE)
+        for key in TUNABLE:
+            value = getattr(self, key)
+            if key not in takes:
+                if value is not None:
+                    raise AttackConfigError(key, f"not a parameter of {self.attack!r} (it takes: {_takes(spec)})")
+            elif value is None and takes[key] is not None:
+                object.__setattr__(self, key, takes[key])
+        self._check_values()
+        settings = dataclasses.asdict(self)
+        for key, rule in spec.derived.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, rule(settings))
+
+    @property
+    def spec(self) -> AttackSpec:
+        """The attack's registered facts (raises a config error for an unknown name)."""
+        try:
+            return get_attack(self.attack)
+        except ValueError:
             raise AttackConfigError(
                 "attack", f"must be one of {', '.join(map(repr, ATTACKS))}, got {self.attack!r}"
-            )
-        defaults = DEFAULTS[self.attack]
-        for key in _OPTIONAL:
-            value = getattr(self, key)
-            if key not in defaults:
-                if value is not None:
-                    raise AttackConfigError(
-                        key, f"not a parameter of {self.attack!r} (it takes: {_takes(self.attack)})"
-                    )
-            elif value is None and defaults[key] is not None:
-                object.__setattr__(self, key, defaults[key])
-        self._check_values()
-        if self.attack == "pgd" and self.step_size is None:
-            assert self.eps is not None and self.steps is not None
-            object.__setattr__(self, "step_size", min(self.eps, 2.5 * self.eps / self.steps))
+            ) from None
 
     def _check_values(self) -> None:
         def need(key: str, ok: bool, what: str) -> None:
             if not ok:
                 raise AttackConfigError(key, f"{what}, got {getattr(self, key)!r}")
 
-        if self.attack in BOUNDED:
+        spec = self.spec
+        if spec.bounded:
             need("eps", self.eps is not None, f"required by {self.attack!r}")
             need("eps", self.eps is not None and _real(self.eps) and self.eps >= 0, "must be a number >= 0")
         else:
             need("eps", self.eps is None, f"{self.attack!r} is not bounded by an ε-ball; leave eps out")
-        if self.attack == "fgsm":
-            need("steps", self.steps is None, "FGSM is one step")
-        for key in ("steps", "eot", "search_steps", "samples", "restarts"):
+        for key, check in TUNABLE.items():
             value = getattr(self, key)
             if value is not None:
-                need(
-                    key,
-                    isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                    "must be an integer >= 1",
-                )
-        if self.step_size is not None:
-            need("step_size", _real(self.step_size) and self.step_size >= 0, "must be a number >= 0")
-        for key in ("lr", "initial_const", "delta"):
-            value = getattr(self, key)
-            if value is not None:
-                need(key, _real(value) and value > 0, "must be a number > 0")
-        if self.confidence is not None:
-            need("confidence", _real(self.confidence) and self.confidence >= 0, "must be a number >= 0")
-        if self.early_stop_loss is not None:
-            need("early_stop_loss", _real(self.early_stop_loss), "must be a number")
-        for key in ("random_init", "warm_start"):
-            value = getattr(self, key)
-            if value is not None:
-                need(key, isinstance(value, bool), "must be true or false")
-        if self.norm is not None:
-            need("norm", self.norm in ("linf", "l2"), "must be 'linf' or 'l2'")
+                problem = check(value)
+                need(key, problem is None, problem or "")
         need("label_mode", self.label_mode in ("true", "pred"), "must be 'true' or 'pred'")
         if self.targeted:
             need(
@@ -159,15 +158,15 @@ class AttackConfig:
                 self.label_mode == "true",
                 "targeted attacks take their targets as labels: use 'true'",
             )
-            need("targeted", self.attack != "none", "'none' cannot be targeted")
+            need("targeted", spec.perturbs, f"{self.attack!r} cannot be targeted")
         if self.clip is not None:
             ok = len(self.clip) == 2 and all(_real(v) for v in self.clip) and self.clip[0] < self.clip[1]
             need("clip", ok, "must be [min, max] with min < max, or null")
-        if self.attack == "cw_l2":
+        if spec.finite_clip:
             need(
                 "clip",
                 self.clip is not None and all(math.isfinite(v) for v in self.clip),
-                "CW needs a finite box",
+                f"{self.attack} needs a finite box",
             )
         if self.max_batch_bytes is not None:
             ok = isinstance(self.max_batch_bytes, int) and not isinstance(self.max_batch_bytes, bool)
@@ -181,11 +180,11 @@ class AttackConfig:
     def name(self) -> str:
         """A short human label, e.g. ``pgd-linf-eps0.02-s5`` (the hash names outputs)."""
         parts: list[str] = [self.attack]
-        if self.norm is not None and self.attack != "cw_l2":
+        if self.norm is not None:
             parts.append(self.norm)
         if self.eps is not None:
             parts.append(f"eps{self.eps:g}")
-        if self.steps is not None and self.attack not in ("fgsm",):
+        if self.steps is not None:
             parts.append(f"s{self.steps}")
         if self.targeted:
             parts.append("targeted")
@@ -195,31 +194,23 @@ class AttackConfig:
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the attack function this config calls."""
+        spec = self.spec
         out: dict[str, Any] = {"clip": self.clip, "label_mode": self.label_mode, "targeted": self.targeted}
         if self.eps is not None:
             out["eps"] = self.eps
-        for key in DEFAULTS[self.attack]:
+        for key in (*spec.parameters(TUNABLE), *spec.runtime):
             out[key] = getattr(self, key)
-        if self.attack == "spsa":
-            out["max_batch_bytes"] = self.max_batch_bytes
         return out
 
 
-def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _takes(attack: str) -> str:
-    return ", ".join(DEFAULTS[attack]) or "no parameters"
-
-
-_FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
-    "fgsm": fgsm,
-    "pgd": pgd,
-    "cw_l2": cw_l2,
-    "spsa": spsa,
-    "apgd_ce": apgd_ce,
+#: The tunable attack parameters (the fields declared with :func:`param`) and their checks.
+TUNABLE: dict[str, Check] = {
+    f.name: f.metadata["check"] for f in dataclasses.fields(AttackConfig) if "check" in f.metadata
 }
+
+
+def _takes(spec: AttackSpec) -> str:
+    return ", ".join(spec.parameters(TUNABLE)) or "no parameters"
 
 
 def run_attack(
@@ -233,10 +224,8 @@ def run_attack(
     """
     if not isinstance(cfg, AttackConfig):
         raise TypeError(f"cfg must be an AttackConfig, got {type(cfg).__name__}")
-    if cfg.attack == "none":
-        labels = resolve_labels(model, x.detach(), y, cfg.label_mode if y is not None else "pred", seed)
-        return finish(model, x.detach(), x.detach(), labels, False, seed)
-    return _FUNCTIONS[cfg.attack](model, x, y, seed=seed, **cfg.kwargs())
+    result: AttackResult = cfg.spec.function(model, x, y, seed=seed, **cfg.kwargs())
+    return result
 
 
 def paper_attacks(label_mode: Literal["true", "pred"] = "pred") -> list[AttackConfig]:
@@ -259,8 +248,10 @@ def paper_attacks(label_mode: Literal["true", "pred"] = "pred") -> list[AttackCo
 
 __all__ = [
     "ATTACKS",
+    "TUNABLE",
     "AttackConfig",
     "AttackConfigError",
     "paper_attacks",
+    "param",
     "run_attack",
 ]

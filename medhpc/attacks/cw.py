@@ -25,19 +25,14 @@ from medhpc.attacks.common import (
     AttackResult,
     Clip,
     LabelMode,
-    check_batch,
+    begin,
     check_count,
-    check_finite_clip,
-    check_label_mode,
     check_number,
     eot_gradient,
     finish,
     margin,
-    resolve_labels,
-    resolve_rng,
-    warn_training_mode,
 )
-from medhpc.models.noise import is_stochastic
+from medhpc.attacks.spec import AttackSpec
 
 _UNBOUNDED = 1e10  # CleverHans' initial upper bound: "no success yet"
 _ADAM_EPS = 1e-8
@@ -87,21 +82,15 @@ def cw_l2(
     step (the clean image where none was found), ``success``, the norms, and ``const``: the c
     under which the kept example was found (NaN where none).
     """
-    check_batch(x, y)
     steps = check_count("steps", steps)
     search_steps = check_count("search_steps", search_steps)
     lr = check_number("lr", lr, strict=True)
     initial_const = check_number("initial_const", initial_const, strict=True)
     confidence = check_number("confidence", confidence)
-    lo, hi = check_finite_clip(clip, "cw_l2")
-    mode = check_label_mode(label_mode, y, targeted)
-    eot = check_count("eot", eot)
-    warn_training_mode(model, "cw_l2")
-    _, base = resolve_rng(x.device, seed, generator)
-
-    x = x.detach().clamp(lo, hi)
-    labels = resolve_labels(model, x, y, mode, base)
-    noisy = is_stochastic(model)
+    s = begin(SPEC, model, x, y, clip=clip, label_mode=label_mode, targeted=targeted, seed=seed,
+              generator=generator, eot=eot)  # fmt: skip
+    x, labels, base, eot, noisy = s.x, s.labels, s.seed, s.eot, s.stochastic
+    lo, hi = s.box
     batch = x.shape[0]
     bshape = (batch,) + (1,) * (x.dim() - 1)
     scale = hi - lo
@@ -180,3 +169,6 @@ def cw_l2(
         const = torch.where(bounded, (lower + upper) / 2, const * 10)
 
     return finish(model, x, best_adv, labels, targeted, base, const=best_const)
+
+
+SPEC = AttackSpec("cw_l2", cw_l2, bounded=False, white_box=True, iterative=True, finite_clip=True)

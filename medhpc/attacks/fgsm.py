@@ -15,20 +15,13 @@ from medhpc.attacks.common import (
     Clip,
     LabelMode,
     ascent_direction,
+    begin,
     ce_ascent,
-    check_batch,
-    check_clip,
-    check_count,
-    check_label_mode,
-    check_norm,
-    check_number,
     clamp_box,
     eot_gradient,
     finish,
-    resolve_labels,
-    resolve_rng,
-    warn_training_mode,
 )
+from medhpc.attacks.spec import AttackSpec
 
 
 def fgsm(
@@ -60,18 +53,16 @@ def fgsm(
     eot : gradient averaged over this many model draws (stochastic models only).
     seed, generator : name the model draws of a stochastic model (FGSM itself is deterministic).
     """
-    check_batch(x, y)
-    eps = check_number("eps", eps)
-    norm_ = check_norm(norm)
-    box = check_clip(clip)
-    mode = check_label_mode(label_mode, y, targeted)
-    eot = check_count("eot", eot)
-    warn_training_mode(model, "fgsm")
-    _, base = resolve_rng(x.device, seed, generator)
-    x = x.detach()
-    labels = resolve_labels(model, x, y, mode, base)
+    s = begin(SPEC, model, x, y, clip=clip, label_mode=label_mode, targeted=targeted, seed=seed,
+              generator=generator, eps=eps, norm=norm, eot=eot)  # fmt: skip
+    assert s.eps is not None and s.norm is not None
+    labels = s.labels
     grad, _, _ = eot_gradient(
-        model, x, lambda logits: ce_ascent(logits, labels, targeted), eot=eot, seed=base, step=0
-    )
-    x_adv = clamp_box(x + eps * ascent_direction(grad, norm_), box)
-    return finish(model, x, x_adv, labels, targeted, base)
+        model, s.x, lambda logits: ce_ascent(logits, labels, targeted), eot=s.eot, seed=s.seed, step=0,
+        stochastic=s.stochastic,
+    )  # fmt: skip
+    x_adv = clamp_box(s.x + s.eps * ascent_direction(grad, s.norm), s.box)
+    return finish(model, s.x, x_adv, labels, targeted, s.seed)
+
+
+SPEC = AttackSpec("fgsm", fgsm, bounded=True, white_box=True, iterative=False)

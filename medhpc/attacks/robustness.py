@@ -20,13 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medhpc.attacks.common import derive_seed, model_logits
-from medhpc.attacks.config import BOUNDED, AttackConfig, run_attack
+from medhpc.attacks.config import AttackConfig, run_attack
+from medhpc.attacks.registry import get_attack
+from medhpc.attacks.spec import RUNTIME, AttackSpec
 from medhpc.config import config_hash, to_dict
 
 log = logging.getLogger(__name__)
 
-WHITE_BOX: tuple[str, ...] = ("fgsm", "pgd", "apgd_ce")
-ITERATIVE: tuple[str, ...] = ("pgd", "apgd_ce")
 _FIELDS = ("n", "correct", "success", "l2", "linf", "l2_success", "linf_success")
 
 
@@ -95,7 +95,7 @@ def evaluate_robustness(
             t["linf"] += res.linf.double().sum()
             t["l2_success"] += (res.l2.double() * ok).sum()
             t["linf_success"] += (res.linf.double() * ok).sum()
-    rows = [_row(cfg, {k: float(v) for k, v in t.items()}) for cfg, t in zip(attacks, totals, strict=True)]
+    rows = [attack_row(cfg, {k: float(v) for k, v in t.items()}) for cfg, t in zip(attacks, totals, strict=True)]
     for row in rows:
         log.info(
             "%s: accuracy %.4f, success %.4f, mean L2 %.4g, mean Linf %.4g",
@@ -110,7 +110,10 @@ def evaluate_robustness(
     return {"n": n, "attacks": rows, "warnings": warnings}
 
 
-def _row(cfg: AttackConfig, t: dict[str, float]) -> dict[str, Any]:
+def attack_row(cfg: AttackConfig, t: dict[str, float]) -> dict[str, Any]:
+    """One table row from an attack's totals over its images: ``n``, ``correct`` (prediction
+    equals the true label), ``success``, and the sums of ``l2`` / ``linf`` over all images and
+    over the successful ones (``l2_success`` / ``linf_success``)."""
     n = t["n"]
     if n == 0:
         raise ValueError("batches held no images")
@@ -129,9 +132,13 @@ def _row(cfg: AttackConfig, t: dict[str, float]) -> dict[str, Any]:
     }
 
 
+def _spec(row: dict[str, Any]) -> AttackSpec:
+    return get_attack(row["config"]["attack"])
+
+
 def _family(cfg: dict[str, Any]) -> tuple[Any, ...]:
-    """Everything but the budget: rows that differ only in ε (and the step that scales with it)."""
-    skip = {"eps", "step_size", "max_batch_bytes"}
+    """Everything but the budget: rows that differ only in ε (and the settings derived from it)."""
+    skip = {"eps", *get_attack(cfg["attack"]).derived, *RUNTIME}
     return tuple((k, str(v)) for k, v in sorted(cfg.items()) if k not in skip)
 
 
@@ -155,13 +162,16 @@ def masking_warnings(
 
     * ``accuracy_rises_with_eps``: within one attack family (same attack and settings but ε),
       accuracy at a larger ε exceeds that at a smaller one by more than the margin.
-    * ``one_step_beats_iterative``: FGSM's accuracy is lower (by more than the margin) than an
-      iterative attack's (PGD, APGD) at the same ε and norm whose steps can reach the ball's
-      surface (``steps · step_size ≥ ε``; PGD 1 × 0.01 at ε 0.02 is legitimately weaker).
-    * ``black_box_beats_white_box``: SPSA's accuracy is lower (by more than the margin) than
-      the strongest white-box attack's at the same ε and norm.
-    * ``unbounded_attack_fails``: CW-L2, which has no ε bound, succeeds on fewer than
+    * ``one_step_beats_iterative``: a one-step white-box attack's (FGSM) accuracy is lower (by
+      more than the margin) than an iterative white-box attack's (PGD, APGD) at the same ε and
+      norm whose steps can reach the ball's surface (the spec's ``reaches_surface``: for PGD
+      ``steps · step_size ≥ ε``; PGD 1 × 0.01 at ε 0.02 is legitimately weaker).
+    * ``black_box_beats_white_box``: a black-box attack's (SPSA) accuracy is lower (by more
+      than the margin) than the strongest white-box attack's at the same ε and norm.
+    * ``unbounded_attack_fails``: an attack with no ε bound (CW-L2) succeeds on fewer than
       ``cw_min_success`` of the images or leaves accuracy above ``cw_max_accuracy``.
+
+    What kind of attack a row is comes from its :class:`~medhpc.attacks.spec.AttackSpec`.
 
     The margin is ``tolerance`` plus two standard errors of an accuracy measured on the rows'
     ``n`` images, ``2 sqrt(p (1 - p) / n)`` at their mean accuracy p: a difference of a few
@@ -187,7 +197,7 @@ def masking_warnings(
 
     families: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if row["config"]["attack"] in BOUNDED:
+        if _spec(row).bounded:
             families[_family(row["config"])].append(row)
     for members in families.values():
         members = sorted(members, key=lambda r: r["config"]["eps"])
@@ -205,11 +215,16 @@ def masking_warnings(
     def at(row: dict[str, Any]) -> tuple[Any, Any]:
         return row["config"]["eps"], row["config"]["norm"]
 
-    for one in (r for r in rows if r["config"]["attack"] == "fgsm"):
-        for it in (r for r in rows if r["config"]["attack"] in ITERATIVE and at(r) == at(one)):
-            c = it["config"]
-            reach = c["attack"] == "apgd_ce" or c["steps"] * c["step_size"] >= c["eps"] * (1 - 1e-9)
-            if reach and one["accuracy"] + _margin(one, it, tolerance) < it["accuracy"]:
+    def iterative_white(row: dict[str, Any]) -> bool:
+        spec = _spec(row)
+        return spec.bounded and spec.white_box and spec.iterative
+
+    for one in (r for r in rows if _spec(r).one_step):
+        for it in (r for r in rows if iterative_white(r) and at(r) == at(one)):
+            if (
+                _spec(it).reaches_surface(it["config"])
+                and one["accuracy"] + _margin(one, it, tolerance) < it["accuracy"]
+            ):
                 flag(
                     "one_step_beats_iterative",
                     f"{one['name']} (accuracy {one['accuracy']:.4f}) is stronger than "
@@ -217,8 +232,8 @@ def masking_warnings(
                     one["name"], it["name"],
                 )  # fmt: skip
 
-    for black in (r for r in rows if r["config"]["attack"] == "spsa"):
-        white = [r for r in rows if r["config"]["attack"] in WHITE_BOX and at(r) == at(black)]
+    for black in (r for r in rows if _spec(r).bounded and not _spec(r).white_box):
+        white = [r for r in rows if _spec(r).bounded and _spec(r).white_box and at(r) == at(black)]
         if not white:
             continue
         best = min(white, key=lambda r: r["accuracy"])
@@ -230,7 +245,7 @@ def masking_warnings(
                 black["name"], best["name"],
             )  # fmt: skip
 
-    for cw in (r for r in rows if r["config"]["attack"] == "cw_l2"):
+    for cw in (r for r in rows if _spec(r).perturbs and not _spec(r).bounded):
         if cw["success_rate"] < cw_min_success or cw["accuracy"] > cw_max_accuracy:
             flag(
                 "unbounded_attack_fails",

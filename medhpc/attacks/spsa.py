@@ -38,11 +38,9 @@ from medhpc.attacks.common import (
     AttackResult,
     Clip,
     LabelMode,
-    check_batch,
+    begin,
     check_clip,
     check_count,
-    check_label_mode,
-    check_norm,
     check_number,
     clamp_box,
     derive_seed,
@@ -50,10 +48,8 @@ from medhpc.attacks.common import (
     margin_descent,
     project,
     random_start,
-    resolve_labels,
-    resolve_rng,
-    warn_training_mode,
 )
+from medhpc.attacks.spec import AttackSpec
 from medhpc.models.noise import fixed_noise
 from medhpc.ops import spsa_perturb, spsa_reduce
 
@@ -184,32 +180,26 @@ def spsa(
     draw (common random numbers, ``fixed_noise(..., share_rows=2)``), so the difference
     measures the loss change, not the noise; each chunk and iteration draws afresh.
     """
-    check_batch(x, y)
-    eps = check_number("eps", eps)
     steps = check_count("steps", steps)
     if steps >= _MAX_OFFSET:
         raise ValueError(f"steps must be < 2**32, got {steps}")
-    norm_ = check_norm(norm)
     lr = check_number("lr", lr, strict=True)
     delta = check_number("delta", delta, strict=True)
     samples = check_count("samples", samples)
-    box = check_clip(clip)
-    mode = check_label_mode(label_mode, y, targeted)
     if early_stop_loss is not None and (
         isinstance(early_stop_loss, bool)
         or not isinstance(early_stop_loss, (int, float))
         or math.isnan(early_stop_loss)
     ):
         raise ValueError(f"early_stop_loss must be a number or None, got {early_stop_loss!r}")
+    s = begin(SPEC, model, x, y, clip=clip, label_mode=label_mode, targeted=targeted, seed=seed,
+              generator=generator, eps=eps, norm=norm)  # fmt: skip
+    assert s.eps is not None and s.norm is not None
+    x, eps, norm_, box, labels, gen, base = s.x, s.eps, s.norm, s.box, s.labels, s.generator, s.seed
     explicit_budget = max_batch_bytes is not None
     max_batch_bytes = check_count(
         "max_batch_bytes", default_batch_bytes(x.device) if max_batch_bytes is None else max_batch_bytes
     )
-    warn_training_mode(model, "spsa")
-    gen, base = resolve_rng(x.device, seed, generator)
-
-    x = x.detach()
-    labels = resolve_labels(model, x, y, mode, base)
     batch = x.shape[0]
     numel = x[0].numel()
     chunk = spsa_chunk(batch, numel, x.element_size(), samples, max_batch_bytes)
@@ -256,3 +246,6 @@ def spsa(
             best_loss = torch.where(better, loss, best_loss)
 
     return finish(model, x, clamp_box(x + best, box), labels, targeted, base)
+
+
+SPEC = AttackSpec("spsa", spsa, bounded=True, white_box=False, iterative=True)

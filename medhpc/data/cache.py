@@ -261,7 +261,7 @@ def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [rows.size]))
-    for s, e in zip(starts.tolist(), ends.tolist()):
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         dataset.read_direct(out, np.s_[int(rows[s]) : int(rows[e - 1]) + 1], np.s_[s:e])
     return out
 
@@ -314,7 +314,10 @@ def cache_info(path: Path | str) -> dict[str, Any]:
             [
                 {"id": i, "path": p, "reason": r}
                 for i, p, r in zip(
-                    skipped["ids"].asstr()[()], skipped["paths"].asstr()[()], skipped["reasons"].asstr()[()]
+                    skipped["ids"].asstr()[()],
+                    skipped["paths"].asstr()[()],
+                    skipped["reasons"].asstr()[()],
+                    strict=True,
                 )
             ]
             if skipped is not None

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from medhpc.cli import setup_logging
 from medhpc.data.errors import DataError
 from medhpc.data.prepare import COMPRESSIONS, prepare
 from medhpc.data.readers import KINDS
@@ -52,20 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("medhpc").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input or usage)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    _configure_logging(args.verbose)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if args.command == "synth":
             summary = make_synthetic(

@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +88,7 @@ def _decode_many(jobs: Sequence[tuple[str, str | None]], size: int) -> list[_Dec
 
 def _decode_all(
     records: Sequence[Record], size: int, pool: ProcessPoolExecutor | None, workers: int
-) -> Iterator[_Decoded]:
+) -> Generator[_Decoded, None, None]:
     """Decode ``records`` in order, in ``pool`` if given, else in this process.
 
     At most a few tasks per worker are in flight, so memory stays bounded even

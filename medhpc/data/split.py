@@ -100,7 +100,7 @@ def split_records(
     for label in sorted(by_label):
         members = sorted(by_label[label], key=lambda r: hash_key(seed, r.id))
         start = 0
-        for name, count in zip(SPLITS, allocate(len(members), fractions)):
+        for name, count in zip(SPLITS, allocate(len(members), fractions), strict=True):
             for rec in members[start : start + count]:
                 assigned[rec.id] = name
             start += count

@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import math
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +151,7 @@ def _aptos_tasks(out: Path, n: int, paint: _Paint, n_unlabelled: int) -> tuple[l
         grades += [grade] * count
     grades = [grades[i] for i in rng.permutation(n)]
     ids = _unique_hex_ids(rng, n + n_unlabelled)
-    rows = sorted(zip(ids[:n], grades))
+    rows = sorted(zip(ids[:n], grades, strict=True))
     with (out / APTOS_CSV).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(APTOS_COLUMNS)
@@ -176,14 +176,14 @@ def cxr_folder_counts(n: int) -> dict[tuple[str, str], int]:
     """
     n_pos = _round_half_up(CXR_POSITIVE * n)
     counts: dict[tuple[str, str], int] = {}
-    for cls, total in zip(CXR_CLASSES, (n - n_pos, n_pos)):
+    for cls, total in zip(CXR_CLASSES, (n - n_pos, n_pos), strict=True):
         per_split = list(allocate(total, CXR_SPLIT_SIZES[cls]))
         for i in range(len(per_split)):
             if per_split[i] == 0:
                 donor = max(range(len(per_split)), key=lambda k: per_split[k])
                 per_split[donor] -= 1
                 per_split[i] += 1
-        for split, count in zip(CXR_SPLITS, per_split):
+        for split, count in zip(CXR_SPLITS, per_split, strict=True):
             counts[(split, cls)] = count
     return counts
 

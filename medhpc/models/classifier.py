@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from medhpc.errors import MedhpcError
-from medhpc.models import backbones, weights
+from medhpc.models import weights
 from medhpc.models.config import ModelConfig
-from medhpc.models.heads import HeadOutput, LinearHead, SoftAttentionHead, VIBHead
+from medhpc.models.heads import HeadOutput, VIBHead
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +31,7 @@ class TrainOutput:
 
 
 class Classifier(nn.Module):
-    """A backbone and one of the linear / VIB / soft-attention heads.
+    """A backbone and one of the registered heads (linear, VIB, soft attention).
 
     ``model(x)`` takes images in [0, 1] (B, 3, H, W) and returns logits (B, classes): what
     attacks differentiate. In evaluation mode a VIB model averages ``eval_samples`` draws;
@@ -40,27 +40,21 @@ class Classifier(nn.Module):
     statistics fixed) and without gradients, whatever ``train()`` is called with.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalization == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        aux = cfg.arch == "inception_v3" and cfg.aux_logits and not cfg.freeze_backbone
-        self.backbone = backbones.build_trunk(cfg.arch, cfg.classes, aux)
+        arch = cfg.arch_spec
+        self.backbone = arch.build(cfg.classes, arch.aux_logits and cfg.aux_logits and not cfg.freeze_backbone)
         path = weights.resolve(cfg.arch, cfg.weights)
         if path is not None:
             weights.load_backbone(self.backbone, path, cfg.arch)
-        channels = backbones.CHANNELS[cfg.arch]
-        self.head: nn.Module
-        if cfg.head == "linear":
-            self.head = LinearHead(channels, cfg.classes, cfg.dropout)
-        elif cfg.head == "vib":
-            assert cfg.vib is not None
-            self.head = VIBHead(channels, cfg.classes, cfg.vib)
-        else:
-            assert cfg.attention is not None
-            self.head = SoftAttentionHead(channels, cfg.classes, cfg.attention)
+        self.head: nn.Module = cfg.head_spec.build(arch.channels, cfg)
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -74,7 +68,7 @@ class Classifier(nn.Module):
         # Shapes only: no device synchronisation.
         if x.dim() != 4 or x.shape[1] != 3:
             raise InputError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
-        need = backbones.MIN_SIZE[self.cfg.arch]
+        need = self.cfg.arch_spec.min_size
         if min(x.shape[-2:]) < need:
             raise InputError(
                 f"{self.cfg.arch} needs images of at least {need}x{need} px, got {x.shape[-2]}x{x.shape[-1]}"
@@ -112,7 +106,7 @@ class Classifier(nn.Module):
     @property
     def cam_layer(self) -> nn.Module:
         """The layer Grad-CAM reads: ResNet50 ``layer4[-1]``, InceptionV3 ``Mixed_7c``."""
-        layer = getattr(self.backbone, backbones.CAM_LAYER[self.cfg.arch])
+        layer = getattr(self.backbone, self.cfg.arch_spec.cam_layer)
         return layer[-1] if isinstance(layer, nn.Sequential) else layer
 
 

@@ -41,7 +41,8 @@ class NoiseSource:
 
 def noise_sources(model: nn.Module) -> list[NoiseSource]:
     """The noise sources of a model's stochastic layers, in module order."""
-    return [m.noise for m in model.modules() if isinstance(getattr(m, "noise", None), NoiseSource)]
+    sources = (getattr(m, "noise", None) for m in model.modules())
+    return [s for s in sources if isinstance(s, NoiseSource)]
 
 
 def is_stochastic(model: nn.Module) -> bool:
@@ -75,5 +76,5 @@ def fixed_noise(model: nn.Module, seed: int, share_rows: int = 1) -> Iterator[No
             source.share_rows = share_rows
         yield
     finally:
-        for source, (fixed, share) in zip(sources, saved):
+        for source, (fixed, share) in zip(sources, saved, strict=True):
             source.fixed, source.share_rows = fixed, share

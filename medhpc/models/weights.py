@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from medhpc.errors import MedhpcError
+from medhpc.models.registry import get_arch
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ class WeightsError(MedhpcError):
 
 
 def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    if arch == "resnet50":
-        return torchvision.models.ResNet50_Weights.DEFAULT
-    if arch == "inception_v3":
-        return torchvision.models.Inception_V3_Weights.DEFAULT
-    raise WeightsError(f"no ImageNet weights known for architecture {arch!r}")
+    """torchvision's ImageNet weights entry of ``arch`` (its spec's): URL, file name, metadata."""
+    try:
+        return get_arch(arch).imagenet()
+    except ValueError:
+        raise WeightsError(f"no ImageNet weights known for architecture {arch!r}") from None
 
 
 def cached_path(arch: str) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -32,17 +32,27 @@ _ROW_FIELDS = ["labels", "clean_pred", "adv_pred", "success", "l2", "linf", "cle
 _SAMPLE_FIELDS = ["clean_sample_probs", "adv_sample_probs"]
 
 
+def _perturbs(row: dict[str, Any]) -> bool:
+    """Whether a row's attack changes the images (not the clean evaluation ``none``)."""
+    from medhpc.attacks.registry import get_attack
+
+    return get_attack(row["config"]["attack"]).perturbs
+
+
 def _totals(f: dict[str, np.ndarray]) -> dict[str, float]:
     ok = f["success"].astype(np.float64)
     l2, linf = f["l2"].astype(np.float64), f["linf"].astype(np.float64)
     return {"n": float(ok.size), "correct": float(np.sum(f["adv_pred"] == f["labels"])), "success": ok.sum(),
-            "l2": l2.sum(), "linf": linf.sum(), "l2_success": (l2 * ok).sum(), "linf_success": (linf * ok).sum()}  # fmt: skip
+            "l2": l2.sum(), "linf": linf.sum(), "l2_success": (l2 * ok).sum(),
+            "linf_success": (linf * ok).sum()}  # fmt: skip
 
 
 def attack_rows(shard_sets: tuple[str, ...], settings: ReportSettings) -> list[dict[str, Any]]:
     """One row per shard set, as :func:`medhpc.attacks.evaluate_robustness` builds its rows,
     with the attack's uncertainty results under ``uncertainty``."""
-    from medhpc.attacks.robustness import _row
+    from medhpc.attacks.config import AttackConfig
+    from medhpc.attacks.robustness import attack_row
+    from medhpc.config import from_dict
     from medhpc.store import ShardReader
 
     rows = []
@@ -50,22 +60,24 @@ def attack_rows(shard_sets: tuple[str, ...], settings: ReportSettings) -> list[d
         reader = ShardReader(folder, verify=True, strict=True)
         stochastic = int(reader.attrs.get("samples", 0) or 0) > 0
         f = reader.read(_ROW_FIELDS + (_SAMPLE_FIELDS if stochastic else []))
-        row = {**_row(reader.attack, _totals(f)), "shards": folder}
+        attack = from_dict(AttackConfig, reader.attack_config, source=folder)
+        row = {**attack_row(attack, _totals(f)), "shards": folder}
         row["uncertainty"] = attack_uncertainty(
-            f, fpr=settings.fpr, coverages=settings.coverages, detect=reader.attack.attack != "none"
+            f, fpr=settings.fpr, coverages=settings.coverages, detect=attack.spec.perturbs
         )
         rows.append(row)
     return rows
 
 
-def _clean_images(cache: str, split: str, index: np.ndarray, image_size: int | None, device: Any) -> tuple[Any, np.ndarray | None]:
+def _clean_images(
+    cache: str, split: str, index: np.ndarray, image_size: int | None, device: Any
+) -> tuple[Any, np.ndarray | None]:
     """The clean images at ``index`` as the model took them, and their lesion masks (None when
     the cache has none) at the same size."""
     import torch
     import torch.nn.functional as F
 
-    from medhpc.data.cache import CacheDataset, cache_info
-    from medhpc.data.cache import prepare_batch
+    from medhpc.data.cache import CacheDataset, cache_info, prepare_batch
 
     with_mask = split in cache_info(cache)["masks"]  # real data sets come without lesion masks
     ds = CacheDataset(cache, split, with_mask=with_mask)
@@ -114,10 +126,10 @@ def map_results(
     (added to each row under ``maps``) and the arrays the report's figures draw."""
     import torch
 
+    from medhpc.device import resolve_device
+    from medhpc.models.checkpoint import load_model
     from medhpc.report import maps as M
     from medhpc.store import ShardReader
-    from medhpc.models.checkpoint import load_model
-    from medhpc.device import resolve_device
 
     dev = resolve_device(device)
     model, _ = load_model(run, dev)
@@ -132,18 +144,19 @@ def map_results(
     kinds = list(clean)
     clean_up = {k: M.upsample(v, size) for k, v in clean.items()}
     summary: dict[str, Any] = {"n": n, "image_size": size, "grid": settings.grid, "target": settings.target,
-                               "kinds": kinds, "clean": {k: M.score(clean_up[k], masks, settings.grid) for k in kinds}}  # fmt: skip
+                               "kinds": kinds,
+                               "clean": {k: M.score(clean_up[k], masks, settings.grid) for k in kinds}}  # fmt: skip
     pick = _pick(masks, n, settings.figure_images)
     images, thumb_masks = _thumbnails(x[torch.from_numpy(pick).to(dev)], None if masks is None else masks[pick])
     arrays: dict[str, np.ndarray] = {"images": images, "masks": thumb_masks, "index": head["index"][pick],
                                      "labels": head["labels"][pick], "clean_pred": head["clean_pred"][pick],
-                                     "attacks": np.array([r["name"] for r in rows if r["config"]["attack"] != "none"])}  # fmt: skip
+                                     "attacks": np.array([r["name"] for r in rows if _perturbs(r)])}  # fmt: skip
     for k in kinds:
         arrays[f"{k}_clean"] = clean[k][pick]
     adv_maps: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     adv_pred = []
     for row in rows:
-        if row["config"]["attack"] == "none":
+        if not _perturbs(row):
             row["maps"] = None  # its images are the clean ones
             continue
         f = ShardReader(row["shards"], verify=False).read_range(0, n, ["x_adv", "adv_pred"])
@@ -177,13 +190,14 @@ def evaluate_model(
     warnings = masking_warnings(rows)
     for w in warnings:
         log.warning("%s: gradient-masking sign (%s): %s", run, w["kind"], w["message"])
-    result: dict[str, Any] = {"format": EVAL_FORMAT, "job": job, "run": run, "dataset": dataset, "medhpc_version": __version__,
-                              "n": rows[0]["n"] if rows else 0, "attacks": rows, "warnings": warnings, "maps": None}  # fmt: skip
+    result: dict[str, Any] = {"format": EVAL_FORMAT, "job": job, "run": run, "dataset": dataset,
+                              "medhpc_version": __version__, "n": rows[0]["n"] if rows else 0, "attacks": rows,
+                              "warnings": warnings, "maps": None}  # fmt: skip
     if settings.maps and rows:
         summary, arrays = map_results(run, rows, cache, split, image_size, settings, device)
         npz = Path(output).with_suffix(".maps.npz")
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **cast(dict[str, Any], arrays))  # numpy's stub reads ** as allow_pickle
         atomic.write_with(npz, lambda fh: fh.write(buf.getvalue()))
         result["maps"] = {**summary, "file": npz.name}
     atomic.write_json(result, output)

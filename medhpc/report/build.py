@@ -44,7 +44,7 @@ def _figures(results: list[ModelResult], figdir: Path) -> list[tuple[str, str, P
         groups.setdefault(m.group, []).append(m)
     for (dataset, arch, weighting), models in groups.items():
         title = f"{dataset}, {arch}" + ("" if weighting == "none" else f", {weighting} loss")
-        if any(m.head == "vib" for m in models):
+        if any(m.spec.axis is not None for m in models):
             p = plots.accuracy_vs_beta(models, f"Accuracy against β: {title}",
                                        figdir / f"{_slug('acc-vs-beta', dataset, arch, weighting)}.png")  # fmt: skip
             out.append(("Accuracy against β", title, p))
@@ -52,10 +52,14 @@ def _figures(results: list[ModelResult], figdir: Path) -> list[tuple[str, str, P
                                   figdir / f"{_slug('acc-vs-eps', dataset, arch, weighting)}.png")  # fmt: skip
         out.append(("Accuracy against ε", title, p))
     for m in results:
-        out.append(("Risk–coverage", f"{m.dataset}: {m.label}", plots.risk_coverage(m, figdir / f"risk-coverage-{m.name}.png")))
+        out.append(
+            ("Risk–coverage", f"{m.dataset}: {m.label}", plots.risk_coverage(m, figdir / f"risk-coverage-{m.name}.png"))
+        )
     for m in results:
         if any(r.get("uncertainty", {}).get("detection") for r in m.attacks):
-            out.append(("Detection ROC", f"{m.dataset}: {m.label}", plots.detection_roc(m, figdir / f"roc-{m.name}.png")))
+            out.append(
+                ("Detection ROC", f"{m.dataset}: {m.label}", plots.detection_roc(m, figdir / f"roc-{m.name}.png"))
+            )
     for m in results:
         mp = m.evaluation.get("maps")
         if not mp:

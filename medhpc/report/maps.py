@@ -45,7 +45,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.T
         captured.append(leaf)
         return leaf
 
-    handle = model.cam_layer.register_forward_hook(hook)  # type: ignore[union-attr,operator]
+    handle = model.cam_layer.register_forward_hook(hook)  # type: ignore[union-attr]
     try:
         with torch.enable_grad():
             logits = model.expected_logits(x)  # type: ignore[operator]

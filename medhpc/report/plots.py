@@ -13,12 +13,14 @@ Every figure function takes stored results and a path, and returns the path it w
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medhpc import atomic
+from medhpc.attacks.registry import get_attack
 from medhpc.report.results import ModelResult, attack_names
 from medhpc.report.tables import attack_cell
 from medhpc.report.uncertainty import LABELS, MEASURES
@@ -42,7 +44,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _errorbar(ax: Any, x: list[float], rows: list[dict[str, Any] | None], **kw: Any) -> None:
+def _errorbar(ax: Any, x: list[float], rows: Sequence[dict[str, Any] | None], **kw: Any) -> None:
     cells = [attack_cell(r) for r in rows]
     pts = [(xi, c) for xi, c in zip(x, cells, strict=True) if c.value is not None]
     if not pts:
@@ -57,8 +59,10 @@ def _errorbar(ax: Any, x: list[float], rows: list[dict[str, Any] | None], **kw: 
 def accuracy_vs_beta(models: list[ModelResult], title: str, path: Path) -> Path:
     """One line per attack over the VIB heads' β (log axis); the base model dotted."""
     plt = _plt()
-    vib = sorted((m for m in models if m.head == "vib"), key=lambda m: m.beta or 0.0)
-    base = next((m for m in models if m.head == "linear"), None)
+    vib = sorted((m for m in models if m.spec.axis is not None), key=lambda m: m.beta or 0.0)
+    base = next((m for m in models if m.spec.base), None)
+    axis = vib[0].spec.axis
+    assert axis is not None
     betas = [m.beta or 0.0 for m in vib]
     positive = [b for b in betas if b > 0]
     floor = min(positive) / 10 if positive else 1e-3
@@ -72,7 +76,8 @@ def accuracy_vs_beta(models: list[ModelResult], title: str, path: Path) -> Path:
         if base is not None and (b := base.attack(name)) is not None:
             ax.axhline(b["accuracy"], color=color, ls=":", lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("β (VIB)" + (f"; β = 0 drawn at {floor:g}" if 0.0 in betas else ""))
+    s = axis.symbol
+    ax.set_xlabel(f"{s} ({vib[0].spec.title})" + (f"; {s} = 0 drawn at {floor:g}" if 0.0 in betas else ""))
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title + ("\n(dotted: base model)" if base is not None else ""), fontsize=10)
@@ -83,10 +88,10 @@ def accuracy_vs_beta(models: list[ModelResult], title: str, path: Path) -> Path:
 
 def _family(cfg: dict[str, Any]) -> str | None:
     """Attacks whose strength is ε: ``fgsm (linf)`` etc.; None for unbounded ones (CW) and none."""
-    if cfg.get("eps") is None or cfg["attack"] == "none":
+    if not get_attack(cfg["attack"]).bounded:
         return None
     suffix = f" ({cfg['norm']})" if cfg.get("norm") else ""
-    extra = f", {cfg['steps']} steps" if cfg.get("steps") and cfg["attack"] != "fgsm" else ""
+    extra = f", {cfg['steps']} steps" if cfg.get("steps") else ""
     return f"{cfg['attack']}{suffix}{extra}"
 
 
@@ -98,7 +103,7 @@ def accuracy_vs_eps(models: list[ModelResult], title: str, path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.6 * rows), squeeze=False, sharey=True,
                              layout="constrained")  # fmt: skip
     for ax, m in zip(axes.flat, models, strict=False):
-        clean = next((r for r in m.attacks if r["config"]["attack"] == "none"), None)
+        clean = next((r for r in m.attacks if not get_attack(r["config"]["attack"]).perturbs), None)
         fams: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
         for r in m.attacks:
             fam = _family(r["config"])
@@ -197,7 +202,7 @@ def maps_figure(m: ModelResult, arrays: dict[str, np.ndarray], kind: str, classe
     scaled = [upsample(a, size) for a in maps_]
     cols = 1 + len(scaled)
     fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.95 * n + 0.5), squeeze=False)
-    name = "Grad-CAM" + (" (μ path)" if m.head == "vib" else "") if kind == "gradcam" else "attention"
+    name = "Grad-CAM" + (" (μ path)" if m.spec.stochastic else "") if kind == "gradcam" else "attention"
     heads = ["image", f"clean {name}", *attacks]
     preds = [arrays["clean_pred"]] + ([*arrays["adv_pred"]] if "adv_pred" in arrays else [])
     for i in range(n):

@@ -14,9 +14,11 @@ from typing import Any
 
 import yaml
 
+from medhpc.config import ConfigError, from_dict
 from medhpc.errors import MedhpcError
-
-HEAD_ORDER = {"linear": 0, "attention": 1, "vib": 2}
+from medhpc.models.config import ModelConfig
+from medhpc.models.registry import HEADS, get_head
+from medhpc.models.spec import HeadSpec
 
 
 class ReportError(MedhpcError):
@@ -31,7 +33,7 @@ class ModelResult:
     dataset: str
     arch: str
     head: str
-    beta: float | None
+    beta: float | None  # the head's sweep-axis value (β for VIB), None for heads without one
     weighting: str
     metrics: dict[str, Any]
     evaluation: dict[str, Any]
@@ -47,9 +49,15 @@ class ModelResult:
         return (self.dataset, self.arch, self.weighting)
 
     @property
+    def spec(self) -> HeadSpec:
+        """The head's registered facts (base model, swept axis, own map)."""
+        return get_head(self.head)
+
+    @property
     def label(self) -> str:
         """Short human name: ``resnet50 vib β=0.001`` (``, weighted`` for weighted loss)."""
-        s = f"{self.arch} {self.head}" + (f" β={self.beta:g}" if self.beta is not None else "")
+        axis = self.spec.axis
+        s = f"{self.arch} {self.head}" + (f" {axis.symbol}={self.beta:g}" if axis and self.beta is not None else "")
         return s + (", weighted" if self.weighting == "weighted" else "")
 
     @property
@@ -60,7 +68,8 @@ class ModelResult:
         return next((r for r in self.attacks if r["name"] == name), None)
 
     def sort_key(self) -> tuple[Any, ...]:
-        return (self.dataset, self.arch, self.weighting, HEAD_ORDER.get(self.head, 9), self.beta or 0.0)
+        order = list(HEADS).index(self.head) if self.head in HEADS else len(HEADS)
+        return (self.dataset, self.arch, self.weighting, order, self.beta or 0.0)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -86,12 +95,14 @@ def load_result(eval_path: Path | str) -> ModelResult:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
     except FileNotFoundError:
         raise ReportError(f"{run / 'config.yaml'}: the training run's config is missing") from None
-    model = cfg["model"]
-    beta = model["vib"]["beta"] if model["head"] == "vib" and model.get("vib") else None
+    try:
+        model = from_dict(ModelConfig, cfg["model"], source=str(run / "config.yaml"))
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise ReportError(f"{run / 'config.yaml'}: not a model config medhpc reads ({exc})") from None
     return ModelResult(
-        run=str(run), dataset=ev.get("dataset") or Path(metrics.get("cache", "")).stem, arch=model["arch"],
-        head=model["head"], beta=beta, weighting=cfg.get("loss_weighting", "none"), metrics=metrics,
-        evaluation=ev, eval_path=path,
+        run=str(run), dataset=ev.get("dataset") or Path(metrics.get("cache", "")).stem, arch=model.arch,
+        head=model.head, beta=model.head_spec.axis_value(model), weighting=cfg.get("loss_weighting", "none"),
+        metrics=metrics, evaluation=ev, eval_path=path,
     )  # fmt: skip
 
 

@@ -89,7 +89,11 @@ class Table:
             out: list[Any] = []
             for v, ci in zip(row, with_ci, strict=True):
                 if isinstance(v, Cell):
-                    value = "" if v.value is None or (isinstance(v.value, float) and math.isnan(v.value)) else repr(float(v.value))
+                    value = (
+                        ""
+                        if v.value is None or (isinstance(v.value, float) and math.isnan(v.value))
+                        else repr(float(v.value))
+                    )
                     out.append(value)
                     if ci:
                         out += ["" if v.lo is None else repr(float(v.lo)), "" if v.hi is None else repr(float(v.hi))]
@@ -120,7 +124,8 @@ class Table:
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          "β": r"$\beta$", "ε": r"$\varepsilon$", "–": "--", "Δ": r"$\Delta$", "≥": r"$\geq$", "×": r"$\times$"}  # fmt: skip
+          "β": r"$\beta$", "ε": r"$\varepsilon$", "–": "--", "Δ": r"$\Delta$", "≥": r"$\geq$",
+          "×": r"$\times$"}  # fmt: skip
 
 
 def latex_escape(s: str) -> str:

@@ -60,11 +60,13 @@ def appendix_a(results: list[ModelResult]) -> Table:
         n = int(s["n"])
         if "tp" in s:
             tp, fp, fn, tn = (int(s[k]) for k in ("tp", "fp", "fn", "tn"))
-            cells = [proportion(tp + tn, n), proportion(tp, tp + fp), proportion(tp, tp + fn), proportion(tn, tn + fp),
-                     Cell(s["f1"]), Cell(s["balanced_accuracy"]), auc_cell(s.get("roc_auc"), tp + fn, tn + fp)]  # fmt: skip
+            cells = [proportion(tp + tn, n), proportion(tp, tp + fp), proportion(tp, tp + fn),
+                     proportion(tn, tn + fp), Cell(s["f1"]), Cell(s["balanced_accuracy"]),
+                     auc_cell(s.get("roc_auc"), tp + fn, tn + fp)]  # fmt: skip
         else:  # more than two classes: macro averages without intervals
             cells = [proportion(round(s["accuracy"] * n), n), Cell(s.get("precision")), Cell(s.get("recall")),
-                     Cell(None), Cell(s.get("f1")), Cell(s.get("balanced_accuracy")), Cell(s.get("roc_auc"))]  # fmt: skip
+                     Cell(None), Cell(s.get("f1")), Cell(s.get("balanced_accuracy")),
+                     Cell(s.get("roc_auc"))]  # fmt: skip
         t.add([m.dataset, m.label, n, *cells])
     return t
 
@@ -92,20 +94,24 @@ def _groups(results: list[ModelResult]) -> dict[tuple[str, str, str], list[Model
 
 
 def appendix_c(results: list[ModelResult]) -> list[Table]:
-    """Per dataset, architecture and weighting with VIB models: attacks × β."""
+    """Per dataset, architecture and weighting with swept heads (VIB): attacks × the axis (β)."""
     tables = []
     for (dataset, arch, weighting), models in _groups(results).items():
-        vib = sorted((m for m in models if m.head == "vib"), key=lambda m: m.beta or 0.0)
-        if not vib:
+        swept = sorted((m for m in models if m.spec.axis is not None), key=lambda m: m.beta or 0.0)
+        if not swept:
             continue
-        base = next((m for m in models if m.head == "linear"), None)
-        cols = ([base] if base else []) + vib
-        names = ["base (linear)"] if base else []
-        names += [f"β={m.beta:g}" for m in vib]
+        axis, title = swept[0].spec.axis, swept[0].spec.title
+        assert axis is not None
+        base = next((m for m in models if m.spec.base), None)
+        cols = ([base] if base else []) + swept
+        names = [f"base ({base.head})"] if base else []
+        names += [f"{axis.symbol}={m.beta:g}" for m in swept]
         suffix = "" if weighting == "none" else f", {weighting} loss"
         key = f"appendix-c-{dataset}-{arch}" + ("" if weighting == "none" else f"-{weighting}")
-        t = Table(key, f"Appendix C: accuracy under attack against β, {dataset}, {arch}{suffix}", ["attack", *names],
-                  note="VIB heads trained on the base model's frozen backbone; 95 % Wilson intervals.")  # fmt: skip
+        t = Table(key, f"Appendix C: accuracy under attack against {axis.symbol}, {dataset}, {arch}{suffix}",
+                  ["attack", *names],
+                  note=f"{title} heads trained on the base model's frozen backbone; "
+                       "95 % Wilson intervals.")  # fmt: skip
         for name in attack_names(cols):
             t.add([name, *(attack_cell(m.attack(name)) for m in cols)])
         tables.append(t)
@@ -119,8 +125,8 @@ def wasserman(results: list[ModelResult]) -> Table | None:
               note="change = attentive − vanilla in percentage points; relative change = change / vanilla "
                    "(– when vanilla is 0). 95 % Wilson intervals.")  # fmt: skip
     for (dataset, arch, weighting), models in _groups(results).items():
-        van = next((m for m in models if m.head == "linear"), None)
-        att = next((m for m in models if m.head == "attention"), None)
+        van = next((m for m in models if m.spec.base), None)
+        att = next((m for m in models if m.spec.own_map), None)
         if van is None or att is None:
             continue
         for name in attack_names([van, att]):
@@ -141,7 +147,8 @@ def detection(results: list[ModelResult], fpr: float) -> Table:
                f"TPR@{fpr:.0%} FPR (all)", f"TPR@{fpr:.0%} FPR (successful)", "successful"],
               note="Clean images are negatives, adversarial ones positives, higher uncertainty = more suspect. "
                    "'successful' keeps only the images the attack succeeded on (their clean and adversarial "
-                   "versions). 95 % Hanley–McNeil intervals. Deterministic models have predictive entropy only.")  # fmt: skip
+                   "versions). 95 % Hanley–McNeil intervals. "
+                   "Deterministic models have predictive entropy only.")  # fmt: skip
     for m in results:
         for row in m.attacks:
             u = row.get("uncertainty", {})
@@ -167,7 +174,8 @@ def selective(results: list[ModelResult], coverages: tuple[float, ...]) -> Table
     t = Table("selective", "Selective prediction: abstaining on the most uncertain images",
               ["dataset", "model", "attack", "ranked by", *cols],
               note="acc@c: accuracy on the fraction c of images with the lowest uncertainty; AURC: area under "
-                   "the risk–coverage curve (lower is better). 'mixed' pools the clean and adversarial images.")  # fmt: skip
+                   "the risk–coverage curve (lower is better). "
+                   "'mixed' pools the clean and adversarial images.")  # fmt: skip
     for m in results:
         for row in m.attacks:
             sel = row.get("uncertainty", {}).get("selective", {})
@@ -186,7 +194,8 @@ def maps(results: list[ModelResult]) -> Table | None:
               ["dataset", "model", "map", "attack", "pointing (clean)", "pointing (adv)", "top-cell IoU (clean)",
                "top-cell IoU (adv)", "clean–adv correlation", "clean–adv |Δ|", "lesion images"],
               note="Pointing game: the map's maximum lies on a lesion (95 % Wilson interval over the images with "
-                   "a lesion; a flat map, no evidence for the target, counts as a miss). Top-cell IoU: the k highest cells of a grid against the k cells holding lesion. "
+                   "a lesion; a flat map, no evidence for the target, counts as a miss). "
+                   "Top-cell IoU: the k highest cells of a grid against the k cells holding lesion. "
                    "Shift: per-image Pearson correlation and mean absolute difference of the scaled clean and "
                    "adversarial maps. VIB models: Grad-CAM of the μ path.")  # fmt: skip
     for m in results:
@@ -202,7 +211,7 @@ def maps(results: list[ModelResult]) -> Table | None:
                     continue
                 adv = r["adversarial"]
 
-                def pg(v: float | None) -> Cell:
+                def pg(v: float | None, n_les: int = n_les) -> Cell:
                     return Cell(None) if v is None else proportion(round(v * n_les), n_les)
 
                 t.add([m.dataset, m.label, "Grad-CAM" if kind == "gradcam" else "attention", row["name"],

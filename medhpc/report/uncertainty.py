@@ -119,7 +119,9 @@ def risk_coverage(correct: np.ndarray, uncertainty: np.ndarray) -> tuple[np.ndar
     return k / ok.size, errors / k
 
 
-def selective(correct: np.ndarray, uncertainty: np.ndarray, coverages: tuple[float, ...] = (0.8, 0.9)) -> dict[str, Any]:
+def selective(
+    correct: np.ndarray, uncertainty: np.ndarray, coverages: tuple[float, ...] = (0.8, 0.9)
+) -> dict[str, Any]:
     """Accuracy when keeping the ``c`` most confident fraction (ceil(c N) images), for each c,
     and the area under the risk–coverage curve (AURC: the mean risk over k = 1..N)."""
     ok = np.asarray(correct).astype(bool)

@@ -16,17 +16,13 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 
-from medhpc.config import ConfigError, from_dict
+from medhpc.store.integrity import ShardError, read_sidecar, sha256_file
 from medhpc.store.schema import ATTRS, FIELDS, FORMAT, JSON_ATTRS, REQUIRED, SAMPLE_FIELDS, SCHEMA_VERSION
-from medhpc.store.writer import ShardError, read_sidecar, sha256_file
-
-if TYPE_CHECKING:
-    from medhpc.attacks.config import AttackConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +80,6 @@ class ShardInfo:
     def n(self) -> int:
         """Number of images in the shard."""
         return self.stop - self.start
-
-    @property
-    def attack(self) -> AttackConfig:
-        """The attack configuration, rebuilt (and validated) from ``attack_config``."""
-        from medhpc.attacks.config import AttackConfig
-
-        try:
-            return from_dict(AttackConfig, self.attrs["attack_config"], source=f"{self.path}:attack_config")
-        except ConfigError as exc:
-            raise ShardError(str(exc)) from None
 
 
 def info_from_file(h5: h5py.File, path: Path | str) -> ShardInfo:
@@ -322,8 +308,16 @@ class ShardReader:
         return self.shards[0].attrs
 
     @property
-    def attack(self) -> AttackConfig:
-        return self.shards[0].attack
+    def attack_config(self) -> dict[str, Any]:
+        """The attack's config as the shards record it (``to_dict`` of it, e.g. of a
+        :class:`medhpc.attacks.AttackConfig`: ``from_dict(AttackConfig, reader.attack_config)``
+        rebuilds it); the first shard's, which the set agrees on (``attack_hash``)."""
+        return self.shards[0].attrs["attack_config"]
+
+    @property
+    def attack_name(self) -> str:
+        """The attack's short label (the ``attack_name`` attribute)."""
+        return self.shards[0].attrs["attack_name"]
 
     @property
     def index(self) -> np.ndarray:

@@ -9,8 +9,9 @@ numpy; nothing below needs medhpc.
 Storage
 -------
 Every dataset is chunked along the image axis and stored with the ``shuffle`` and ``gzip``
-filters (gzip level 1 by default; a writer may leave gzip out) and ``fletcher32`` (an HDF5 checksum per chunk: a flipped byte makes the read of that
-chunk fail with ``OSError``). Next to each shard ``NAME.h5`` a sidecar ``NAME.h5.sha256``
+filters (gzip level 1 by default; a writer may leave gzip out) and ``fletcher32`` (an HDF5
+checksum per chunk: a flipped byte makes the read of that chunk fail with ``OSError``).
+Next to each shard ``NAME.h5`` a sidecar ``NAME.h5.sha256``
 holds the SHA-256 of the whole file in ``sha256sum`` format (``<hex>  NAME.h5``), so
 ``sha256sum -c NAME.h5.sha256`` checks a shard without medhpc. A shard is *verified* when its
 sidecar exists and matches; a shard without one is *unverified* (a write was interrupted
@@ -112,6 +113,8 @@ FORMAT = "medhpc.shard"
 SIDECAR_SUFFIX = ".sha256"
 #: Image precisions the writer offers.
 IMAGE_DTYPES: tuple[str, ...] = ("float32", "float16")
+#: The splits a shard can come from (its ``split`` attribute).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 Kind = Literal["float", "int", "bool", "str"]
 
@@ -161,6 +164,8 @@ FIELDS: dict[str, Field] = {
 SAMPLE_FIELDS: tuple[str, ...] = ("clean_sample_probs", "adv_sample_probs")
 #: Fields every shard has.
 REQUIRED: tuple[str, ...] = tuple(name for name, f in FIELDS.items() if f.required)
+#: Fields that hold class labels, each in ``[0, classes)``.
+LABEL_FIELDS: tuple[str, ...] = ("labels", "attack_labels", "clean_pred", "adv_pred")
 
 #: Attributes every shard has, with their Python types.
 ATTRS: dict[str, type] = {

@@ -34,9 +34,9 @@ from typing import Literal
 
 import h5py
 
+from medhpc.store.integrity import ShardError, read_sidecar, sha256_file, sidecar_path
 from medhpc.store.reader import ShardInfo, find_gaps, info_from_file, open_shard
 from medhpc.store.schema import FIELDS, FORMAT, SIDECAR_SUFFIX, is_temporary, parse_shard_filename
-from medhpc.store.writer import ShardError, read_sidecar, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _read_all_chunks(h5: h5py.File, path: Path) -> list[Problem]:
 
 
 def _check_sidecar(path: Path) -> list[Problem]:
-    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    side = sidecar_path(path)
     try:
         digest, named = read_sidecar(path)
     except FileNotFoundError:
@@ -175,7 +175,7 @@ def _check_file(path: Path, read_data: bool) -> _Checked:
     problems: list[Problem] = []
     try:
         with h5:
-            if h5.attrs.get("format") != FORMAT and not path.with_name(path.name + SIDECAR_SUFFIX).exists():
+            if h5.attrs.get("format") != FORMAT and not sidecar_path(path).exists():
                 return _Checked(path, None, [], is_shard=False)
             try:
                 info = info_from_file(h5, path)

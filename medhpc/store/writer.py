@@ -19,133 +19,48 @@ One shard path has one writer at a time (a sweep names shards by their config ha
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 
 from medhpc import __version__
-from medhpc.config import ConfigError, config_hash, from_dict, to_dict
-from medhpc.errors import MedhpcError
+from medhpc.config import config_hash, to_dict
+from medhpc.store.integrity import (
+    ShardError,
+    _readable,
+    created_time,
+    remove_stale_temporaries,
+    sha256_file,
+    sidecar_path,
+    write_sidecar,
+)
+from medhpc.store.reader import ShardInfo, read_info
 from medhpc.store.schema import (
     FIELDS,
     FORMAT,
     IMAGE_DTYPES,
+    LABEL_FIELDS,
     REQUIRED,
     SAMPLE_FIELDS,
     SCHEMA_VERSION,
-    SIDECAR_SUFFIX,
+    SPLITS,
 )
-
-if TYPE_CHECKING:
-    from medhpc.attacks.config import AttackConfig
-    from medhpc.store.reader import ShardInfo
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Target size of one uncompressed image chunk: small enough for HDF5's default 1 MiB chunk
 #: cache, so reading images one by one does not decompress a chunk once per image.
 CHUNK_BYTES = 256 * 1024
 _ROWS_1D = 4096
 _ROWS_SAMPLES = 1024
-
-
-class ShardError(MedhpcError):
-    """A shard that cannot be written or read as asked; the message names the file or field."""
-
-
-def sidecar_path(path: Path | str) -> Path:
-    """``NAME.h5`` -> ``NAME.h5.sha256``."""
-    path = Path(path)
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def sha256_file(path: Path | str, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in blocks (shards can be GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-_SIDECAR_LINE = re.compile(r"^(?P<digest>[0-9a-f]{64}) [ *](?P<name>.+)$")
-
-
-def read_sidecar(path: Path | str) -> tuple[str, str]:
-    """``(hex digest, file name)`` from a shard's sidecar (``path`` is the shard or the sidecar).
-
-    Raises
-    ------
-    FileNotFoundError
-        No sidecar: the shard is unverified.
-    ShardError
-        The sidecar is not one ``sha256sum`` line.
-    """
-    path = Path(path)
-    side = path if path.name.endswith(SIDECAR_SUFFIX) else sidecar_path(path)
-    text = side.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    m = _SIDECAR_LINE.match(lines[0]) if len(lines) == 1 else None
-    if m is None:
-        raise ShardError(f"{side}: not a sha256sum line ('<64 hex digits>  NAME')")
-    return m["digest"], m["name"]
-
-
-def _readable(path: Path) -> None:
-    """Give a file the permissions a plain ``open`` would (``0o666`` less the umask).
-
-    ``atomic_path`` creates its temporary with ``mkstemp``, which makes it private (0600);
-    shards are meant to be read by others on a shared cluster.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def write_sidecar(path: Path | str, digest: str) -> Path:
-    """Record ``digest`` as the SHA-256 of shard ``path`` (atomically, ``sha256sum`` format)."""
-    from medhpc.atomic import write_text  # medhpc.atomic imports torch: keep verify free of it
-
-    path = Path(path)
-    side = sidecar_path(path)
-    write_text(f"{digest}  {path.name}\n", side)
-    _readable(side)
-    return side
-
-
-def _temporary_pattern(name: str) -> re.Pattern[str]:
-    # atomic_path's temporaries of the shard and of its sidecar: .NAME[.sha256].<random>.tmp
-    return re.compile(rf"^\.{re.escape(name)}(?:{re.escape(SIDECAR_SUFFIX)})?\.[A-Za-z0-9_]+\.tmp$")
-
-
-def remove_stale_temporaries(path: Path | str) -> list[Path]:
-    """Delete the temporaries an interrupted write of shard ``path`` left behind.
-
-    Called before every write, so a rerun after a SIGKILL cleans up after the killed writer.
-    Only temporaries of this shard and of its sidecar are touched.
-    """
-    path = Path(path)
-    pattern = _temporary_pattern(path.name)
-    removed = []
-    if path.parent.is_dir():
-        for entry in path.parent.iterdir():
-            if pattern.match(entry.name) and entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed.append(entry)
-                log.info("removed %s, left by an interrupted write of %s", entry, path.name)
-    return removed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +69,9 @@ class ShardMeta:
 
     Parameters
     ----------
-    attack : the attack configuration (an :class:`AttackConfig` or its ``to_dict``).
+    attack : the attack's config, a dataclass instance with a ``name`` (e.g.
+        :class:`medhpc.attacks.AttackConfig`, which validates itself): the shard records its
+        ``to_dict``, ``config_hash`` and ``name``.
     split : ``train``, ``val`` or ``test``.
     start : split index of the shard's first image; the shard holds ``[start, start + N)``.
     model_hash : names the trained model; give the training run's config hash, which (unlike
@@ -173,7 +90,7 @@ class ShardMeta:
     meta : JSON-serialisable extras the caller wants kept with the shard.
     """
 
-    attack: AttackConfig | Mapping[str, Any]
+    attack: Any
     split: str
     start: int
     model_hash: str | None = None
@@ -193,18 +110,20 @@ def _int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _is_config(value: Any) -> bool:
+    """A config dataclass instance (not a class, not a mapping)."""
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
 def _resolve_meta(meta: ShardMeta, image_dtype: str) -> dict[str, Any]:
     """Validate ``meta`` and return the shard's attributes except ``stop``/``classes``/``created``."""
     if not isinstance(meta, ShardMeta):
         raise ShardError(f"meta must be a ShardMeta, got {type(meta).__name__}")
-    from medhpc.attacks.config import AttackConfig  # imports torch: only writers need it
-
     attack = meta.attack
-    if not isinstance(attack, AttackConfig):
-        try:
-            attack = from_dict(AttackConfig, attack, source="meta.attack")
-        except ConfigError as exc:
-            raise ShardError(str(exc)) from None
+    if not _is_config(attack) or not isinstance(getattr(attack, "name", None), str):
+        raise ShardError(
+            f"meta.attack must be an attack config (e.g. medhpc.attacks.AttackConfig), got {type(attack).__name__}"
+        )
     if meta.split not in SPLITS:
         raise ShardError(f"meta.split must be one of {', '.join(SPLITS)}, got {meta.split!r}")
     start = _int("start", meta.start, 0)
@@ -386,8 +305,6 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
         atomic, self._atomic = self._atomic, None
         atomic.__exit__(None, None, None)  # fsync and rename into place
         write_sidecar(self.path, digest)
-        from medhpc.store.reader import read_info
-
         self.info = read_info(self.path)
         log.info("wrote %s (%d images, sha256 %s)", self.path, self.n, digest[:12])
 
@@ -508,7 +425,7 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
                 f"field 'index' must continue the shard's contiguous slice: expected {expected[0]}..{expected[-1]}, "
                 f"got {_preview(data['index'])}"
             )
-        for name in ("labels", "attack_labels", "clean_pred", "adv_pred"):
+        for name in LABEL_FIELDS:
             arr = data[name]
             if arr.size and (arr.min() < 0 or arr.max() >= classes):
                 bad = arr[(arr < 0) | (arr >= classes)][0]
@@ -586,20 +503,6 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
             self._h5.attrs[key] = np.int64(value) if isinstance(value, int) else value
 
 
-def created_time() -> str:
-    """The ``created`` attribute: now, or ``SOURCE_DATE_EPOCH`` when set (the reproducible-builds
-    convention), so that the same inputs give byte-identical shards and equal sidecars."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch:
-        try:
-            when = datetime.fromtimestamp(int(epoch), UTC)
-        except (ValueError, OverflowError, OSError):
-            raise ShardError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}") from None
-    else:
-        when = datetime.now(UTC)
-    return when.isoformat(timespec="seconds")
-
-
 def _preview(arr: np.ndarray, k: int = 6) -> str:
     items = ", ".join(str(v) for v in arr[:k].tolist())
     return f"[{items}{', ...' if arr.size > k else ''}]"
@@ -625,14 +528,4 @@ def write_shard(
     return writer.info
 
 
-__all__ = [
-    "ShardError",
-    "ShardMeta",
-    "ShardWriter",
-    "read_sidecar",
-    "remove_stale_temporaries",
-    "sha256_file",
-    "sidecar_path",
-    "write_shard",
-    "write_sidecar",
-]
+__all__ = ["ShardMeta", "ShardWriter", "write_shard"]

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medhpc.attacks.config import AttackConfig
-from medhpc.config import bad, from_dict, nohash, read_mapping, set_dotted
-from medhpc.models.config import Arch, AttentionConfig, HeadKind, VIBConfig
+from medhpc.config import bad, load, nohash
+from medhpc.models.config import AttentionConfig, VIBConfig
+from medhpc.models.registry import ARCHS, HEADS, base_head
 from medhpc.report.config import ReportSettings
 from medhpc.train.config import OptimConfig
 
@@ -90,8 +91,8 @@ class ModelGrid:
     ``vib`` / ``attention`` hold the other settings of those heads (beta comes from ``betas``).
     """
 
-    archs: tuple[Arch, ...] = ("resnet50",)
-    heads: tuple[HeadKind, ...] = ("linear",)
+    archs: tuple[str, ...] = ("resnet50",)
+    heads: tuple[str, ...] = ("linear",)
     betas: tuple[float, ...] = (1e-3,)
     loss_weightings: tuple[Literal["none", "weighted"], ...] = ("none",)
     weights: str = "none"
@@ -100,6 +101,10 @@ class ModelGrid:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def _check(self) -> None:
+        for key, known in (("archs", ARCHS), ("heads", HEADS)):
+            for i, name in enumerate(getattr(self, key)):
+                if name not in known:
+                    raise bad(f"{key}[{i}]", f"must be one of {', '.join(map(repr, known))}, got {name!r}")
         for key in ("archs", "heads", "betas", "loss_weightings"):
             values = getattr(self, key)
             if not values:
@@ -120,7 +125,8 @@ class SweepConfig:
     Appendix B/C rows. ``label_mode``, when given, sets every attack's label mode. The test
     split is attacked in shards of ``shard_size`` images (``limit``: only the first images).
     ``executor``: ``local`` (this machine, ``workers`` jobs at a time), ``slurm`` (submitit
-    job arrays with the cluster ``profile``) or ``debug`` (in this process, one at a time).
+    job arrays with the cluster ``profile``) or ``debug`` (in this process, one at a time):
+    a name of :data:`medhpc.sweep.executors.EXECUTORS`.
     ``report`` sets the uncertainty operating points and the maps (:class:`ReportSettings`).
     """
 
@@ -145,7 +151,7 @@ class SweepConfig:
     seed: int = 0
     report: ReportSettings = field(default_factory=ReportSettings)
     out: str = nohash("sweep-out")
-    executor: Literal["local", "slurm", "debug"] = nohash("local")
+    executor: str = nohash("local")
     workers: int = nohash(1)
     profile: str | None = nohash(None)
     device: str = nohash("auto")
@@ -163,21 +169,25 @@ class SweepConfig:
         if self.limit is not None and self.limit < 1:
             raise bad("limit", f"must be >= 1 or null, got {self.limit}")
         for arch, size in (self.image_size or {}).items():
-            if arch not in ("resnet50", "inception_v3"):
-                raise bad(f"image_size.{arch}", "unknown architecture (resnet50, inception_v3)")
+            if arch not in ARCHS:
+                raise bad(f"image_size.{arch}", f"unknown architecture ({', '.join(ARCHS)})")
             if size < 32:
                 raise bad(f"image_size.{arch}", f"must be >= 32 px, got {size}")
         if self.workers < 1:
             raise bad("workers", f"must be >= 1, got {self.workers}")
+        from medhpc.sweep.executors import EXECUTORS  # here: the registry imports the graph, which reads configs
+
+        if self.executor not in EXECUTORS:
+            raise bad("executor", f"must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}")
         if self.executor == "slurm" and not self.profile:
             raise bad("profile", "the slurm executor needs a cluster profile file (see slurm/profiles/)")
-        if "vib" in self.models.heads and "linear" not in self.models.heads:
-            raise bad("models.heads", "VIB heads train on a base model's backbone: include 'linear'")
+        base = base_head().name
+        for head in self.models.heads:
+            spec = HEADS[head]
+            if spec.on_base and base not in self.models.heads:
+                raise bad("models.heads", f"{spec.title} heads train on a base model's backbone: include {base!r}")
 
 
 def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """Read a YAML/TOML sweep config; ``overrides`` are dotted keys (``workers``, ``limit``)."""
-    data = read_mapping(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return from_dict(SweepConfig, data, source=str(path))
+    return load(SweepConfig, path, overrides)

@@ -4,109 +4,29 @@ prepare (one per dataset) -> train (base heads; VIB heads after the base model t
 backbone of) -> attack (one per model x attack x shard of the attacked split) -> evaluate (one
 per model: every attack's shards into one robustness table) -> report (one).
 
-Every job is a frozen dataclass named ``<kind>-<config hash>``; its output path follows from
-its config, so a rerun knows what is done without a database. Attack shards need the size of
-the attacked split, known once the dataset is prepared: :func:`expand` leaves the attack,
-evaluate jobs of a dataset out until its split size is given, and the report until all are
-(:func:`split_sizes` reads them from the prepared caches).
+Every job (:mod:`medhpc.sweep.jobs`) is a frozen dataclass named ``<kind>-<config hash>``;
+its output path follows from its config, so a rerun knows what is done without a database.
+Attack shards need the size of the attacked split, known once the dataset is prepared:
+:func:`expand` leaves the attack, evaluate jobs of a dataset out until its split size is
+given, and the report until all are (:func:`split_sizes` reads them from the prepared caches).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medhpc.attacks.config import AttackConfig, paper_attacks
 from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.models.config import ModelConfig
-from medhpc.report.config import ReportSettings
+from medhpc.models.registry import get_head
 from medhpc.store.schema import shard_filename
-from medhpc.sweep.config import DatasetSpec, SweepConfig, TrainSettings
+from medhpc.sweep.jobs import AttackJob, EvaluateJob, Job, PrepareJob, ReportJob, TrainJob, job_key
 from medhpc.train.config import TrainConfig
-from medhpc.train.loop import run_dir
 
-
-@dataclass(frozen=True)
-class PrepareJob:
-    """Write the synthetic stand-in (if asked) and prepare the dataset's cache."""
-
-    dataset: DatasetSpec
-    data_root: str
-    cache: str
-
-    kind = "prepare"
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """One :func:`medhpc.train.train` run."""
-
-    config: TrainConfig
-    dataset: str
-
-    kind = "train"
-
-    @property
-    def run(self) -> Path:
-        return run_dir(self.config)
-
-
-@dataclass(frozen=True)
-class AttackJob:
-    """One attack on images ``[start, stop)`` of a split, for one trained model: one shard."""
-
-    run: str
-    attack: AttackConfig
-    cache: str
-    split: str
-    start: int
-    stop: int
-    set_size: int
-    image_size: int | None
-    seed: int
-    set_hash: str
-    shard: str
-
-    kind = "attack"
-
-
-@dataclass(frozen=True)
-class EvaluateJob:
-    """One model's evaluation from its attack shards: robustness table, uncertainty, maps
-    (:func:`medhpc.report.analyse.evaluate_model`)."""
-
-    run: str
-    shard_sets: tuple[str, ...]
-    output: str
-    dataset: str
-    cache: str
-    split: str
-    image_size: int | None
-    settings: ReportSettings
-
-    kind = "evaluate"
-
-
-@dataclass(frozen=True)
-class ReportJob:
-    """The sweep's report over every evaluated model (:func:`medhpc.report.build.build_report`);
-    ``output`` is its ``summary.json``, written last."""
-
-    evaluations: tuple[str, ...]
-    output: str
-    name: str
-    settings: ReportSettings
-
-    kind = "report"
-
-
-Job = PrepareJob | TrainJob | AttackJob | EvaluateJob | ReportJob
-
-
-def job_key(job: Job) -> str:
-    """``<kind>-<hash>``: the job's name in logs, status and the executor's folders."""
-    return f"{job.kind}-{config_hash(job)}"
+if TYPE_CHECKING:  # only read here; its check imports the executors, which import this module
+    from medhpc.sweep.config import DatasetSpec, SweepConfig, TrainSettings
 
 
 @dataclass
@@ -152,7 +72,7 @@ def _train_config(
     cfg: SweepConfig, cache: str, model: ModelConfig, settings: TrainSettings, weighting: str, init_from: str | None
 ) -> TrainConfig:
     size = (cfg.image_size or {}).get(model.arch)
-    data = {
+    data: dict[str, Any] = {
         "model": to_dict(model),
         "data": {"cache": cache, "image_size": size},
         "optim": to_dict(settings.optim),
@@ -174,20 +94,19 @@ def _train_config(
     return from_dict(TrainConfig, data, source=f"sweep {cfg.name}")
 
 
-def _model(cfg: SweepConfig, arch: str, head: str, beta: float | None = None) -> ModelConfig:
+def _model(cfg: SweepConfig, arch: str, head: str, value: float | None = None) -> ModelConfig:
+    """One grid point's model: the head's settings from the grid, its sweep axis (β) set to
+    ``value``; a head that trains on a base model's backbone gets it frozen."""
     g = cfg.models
+    spec = get_head(head)
     extra: dict[str, Any] = {}
-    if head == "vib":
-        extra["vib"] = replace(g.vib, beta=beta if beta is not None else g.vib.beta)
-    elif head == "attention":
-        extra["attention"] = g.attention
+    if spec.settings is not None:
+        settings = getattr(g, spec.name)
+        if spec.axis is not None and value is not None:
+            settings = replace(settings, **{spec.axis.field: value})
+        extra[spec.name] = settings
     return ModelConfig(
-        arch=arch,  # type: ignore[arg-type]
-        head=head,  # type: ignore[arg-type]
-        weights=g.weights,
-        normalization=g.normalization,
-        freeze_backbone=head == "vib",
-        **extra,
+        arch=arch, head=head, weights=g.weights, normalization=g.normalization, freeze_backbone=spec.on_base, **extra
     )
 
 
@@ -203,19 +122,24 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
             for weighting in cfg.models.loss_weightings:
                 base_key, base_job = None, None
                 for head in cfg.models.heads:
-                    if head == "vib":
+                    if get_head(head).on_base:
                         continue
                     job = TrainJob(
                         _train_config(cfg, prep.cache, _model(cfg, arch, head), cfg.train, weighting, None), ds.name
                     )
                     key = graph.add(job, (prep_key,))
                     trained.append((key, job))
-                    if head == "linear":
+                    if get_head(head).base:
                         base_key, base_job = key, job
-                if "vib" in cfg.models.heads:
-                    assert base_key is not None and base_job is not None
-                    for beta in cfg.models.betas:
-                        model = _model(cfg, arch, "vib", beta)
+                # Heads that train on the base model's frozen backbone (VIB), over their axis (β).
+                for head in cfg.models.heads:
+                    spec = get_head(head)
+                    if not spec.on_base:
+                        continue
+                    assert base_key is not None and base_job is not None  # SweepConfig checks a base head is listed
+                    values = getattr(cfg.models, spec.axis.grid) if spec.axis is not None else (None,)
+                    for value in values:
+                        model = _model(cfg, arch, head, value)
                         job = TrainJob(
                             _train_config(cfg, prep.cache, model, cfg.vib_train, weighting, str(base_job.run)), ds.name
                         )
@@ -240,12 +164,12 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
             set_hash = shard_set_hash(run, attack, cfg.split, n, image_size, cfg.seed)
             for start in range(0, n, cfg.shard_size):
                 stop = min(n, start + cfg.shard_size)
-                job = AttackJob(
+                shard = AttackJob(
                     run=run, attack=attack, cache=tj.config.data.cache, split=cfg.split, start=start, stop=stop,
                     set_size=n, image_size=image_size, seed=cfg.seed, set_hash=set_hash,
                     shard=str(folder / shard_filename(set_hash, start, stop)),
                 )  # fmt: skip
-                shard_keys.append(graph.add(job, (train_key,)))
+                shard_keys.append(graph.add(shard, (train_key,)))
         ev = EvaluateJob(run, tuple(shard_sets), str(Path(cfg.out) / "eval" / f"{tj.run.name}.json"),
                          dataset=tj.dataset, cache=tj.config.data.cache, split=cfg.split,
                          image_size=tj.config.data.image_size, settings=cfg.report)  # fmt: skip

@@ -3,10 +3,15 @@ time) or ``slurm`` (job arrays on a cluster profile), with the driver in this pr
 
 The driver repeatedly (1) expands the graph as far as it is known, (2) submits every job whose
 dependencies are done and that is neither done, in flight nor failed, (3) polls what is in
-flight. Finished outputs are recognised on disk (:func:`medhpc.jobs.is_done`), so a driver
+flight. Finished outputs are recognised on disk (:func:`medhpc.sweep.jobs.is_done`), so a driver
 killed at any moment is simply started again: it skips what is done and resubmits the rest.
-A failed job is recorded with its log paths in ``<out>/.sweep/jobs.json`` and blocks only the
-jobs that depend on it; ``status`` reads that file.
+A failed job is recorded with its log paths in ``<out>/.sweep/jobs.json``
+(:mod:`medhpc.sweep.state`) and blocks only the jobs that depend on it; ``status`` reads that file.
+
+The two submitit executors differ only in how one kind of job's submitit executor is made and
+in how many jobs are kept in flight: :data:`SUBMITIT` says both, per executor name, and the
+registry of every executor (:data:`medhpc.sweep.executors.EXECUTORS`) takes its submitit names
+from there.
 """
 
 from __future__ import annotations
@@ -15,19 +20,22 @@ import logging
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medhpc import atomic
+from medhpc.cli import setup_logging
 from medhpc.errors import MedhpcError
-from medhpc.jobs import is_done, run_job
-from medhpc.sweep.config import SweepConfig
 from medhpc.sweep.graph import JobGraph
+from medhpc.sweep.jobs import is_done, run_job
 from medhpc.sweep.run import full_graph
+from medhpc.sweep.state import save_state
+
+if TYPE_CHECKING:
+    from medhpc.sweep.config import SweepConfig
 
 log = logging.getLogger(__name__)
-
-STATE = Path(".sweep") / "jobs.json"
 
 
 class JobRunner:
@@ -38,8 +46,7 @@ class JobRunner:
 
     def __call__(self, job: Any, device: str) -> str:
         # A job runs in a fresh process: give its log (submitit's *_log.err) medhpc's INFO lines.
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging()
         return run_job(job, device=device)
 
     def checkpoint(self, job: Any, device: str) -> Any:
@@ -49,23 +56,49 @@ class JobRunner:
         return submitit.helpers.DelayedSubmission(self, job, device)
 
 
-def state_path(cfg: SweepConfig) -> Path:
-    return Path(cfg.out) / STATE
-
-
-def _executor(cfg: SweepConfig, kind: str) -> Any:
+def _local_executor(cfg: SweepConfig, folder: Path, kind: str) -> Any:
     import submitit
 
-    folder = Path(cfg.out) / "submitit" / kind
-    if cfg.executor == "local":
-        executor = submitit.AutoExecutor(folder, cluster="local")
-        executor.update_parameters(timeout_min=24 * 60)
-        return executor
-    from medhpc.cluster import load_profile, make_executor
+    executor = submitit.AutoExecutor(folder, cluster="local")
+    executor.update_parameters(timeout_min=24 * 60)
+    return executor
+
+
+def _slurm_executor(cfg: SweepConfig, folder: Path, kind: str) -> Any:
+    from medhpc.sweep.cluster import load_profile, make_executor
 
     if cfg.profile is None:  # validated in the config; here for the type checker
         raise MedhpcError("the slurm executor needs a cluster profile")
     return make_executor(load_profile(cfg.profile), folder, kind, "slurm")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Submitit:
+    """How the driver uses one submitit executor.
+
+    ``make(cfg, folder, kind)`` builds the submitit executor of one kind of job (its logs go
+    to ``folder``); ``bounded``: at most ``cfg.workers`` jobs in flight (on this machine), else
+    every ready job is submitted at once (the cluster's scheduler queues them).
+    """
+
+    make: Callable[[SweepConfig, Path, str], Any]
+    bounded: bool
+
+
+#: The submitit executors by name.
+SUBMITIT: dict[str, Submitit] = {
+    "local": Submitit(_local_executor, bounded=True),
+    "slurm": Submitit(_slurm_executor, bounded=False),
+}
+
+
+def _backend(cfg: SweepConfig) -> Submitit:
+    try:
+        return SUBMITIT[cfg.executor]
+    except KeyError:
+        raise MedhpcError(
+            f"executor {cfg.executor!r} does not run through submitit (those that do: {', '.join(SUBMITIT)})"
+        ) from None
 
 
 def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None = None) -> dict[str, Any]:
@@ -74,6 +107,7 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
     Returns ``{"done": n, "failed": {key: {...}}, "blocked": [keys]}``. ``deadline_s`` bounds
     the whole run (tests); None waits as long as jobs are in flight.
     """
+    backend = _backend(cfg)
     started = time.monotonic()
     done: set[str] = set()
     failed: dict[str, dict[str, Any]] = {}
@@ -91,19 +125,20 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
             if k not in done and k not in in_flight and k not in failed and k not in blocked
             and all(d in done for d in graph.deps[k])
         ]  # fmt: skip
-        room = cfg.workers - len(in_flight) if cfg.executor == "local" else len(ready)
+        room = cfg.workers - len(in_flight) if backend.bounded else len(ready)
         by_kind: dict[str, list[str]] = defaultdict(list)
         for key in ready[: max(room, 0)]:
             by_kind[graph.jobs[key].kind].append(key)
         for kind, keys in by_kind.items():
-            executor = executors.get(kind) or executors.setdefault(kind, _executor(cfg, kind))
+            folder = Path(cfg.out) / "submitit" / kind
+            executor = executors.get(kind) or executors.setdefault(kind, backend.make(cfg, folder, kind))
             executor.update_parameters(name=f"medhpc-{kind}")
             with executor.batch():  # one job array per kind on SLURM
                 jobs = [executor.submit(JobRunner(), graph.jobs[k], cfg.device) for k in keys]
-            for key, sub in zip(keys, jobs):
+            for key, sub in zip(keys, jobs, strict=True):
                 in_flight[key] = sub
                 log.info("%s: submitted as %s", key, sub.job_id)
-        _save_state(cfg, graph, done, in_flight, failed)
+        save_state(cfg, graph, done, in_flight, failed)
         if not in_flight and not ready[: max(room, 0)]:
             break
         if deadline_s is not None and time.monotonic() - started > deadline_s:
@@ -125,7 +160,7 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
             }
             log.error("%s failed (%s); log: %s", key, failed[key]["error"], failed[key]["stderr"])
     blocked = _blocked(graph, failed)
-    _save_state(cfg, graph, done, in_flight, failed)
+    save_state(cfg, graph, done, in_flight, failed)
     return {"done": len(done), "failed": failed, "blocked": sorted(blocked)}
 
 
@@ -147,23 +182,3 @@ def _blocked(graph: JobGraph, failed: dict[str, Any]) -> set[str]:
         if any(d in failed or d in blocked for d in graph.deps[key]):
             blocked.add(key)
     return blocked
-
-
-def _save_state(
-    cfg: SweepConfig, graph: JobGraph, done: set[str], in_flight: dict[str, Any], failed: dict[str, Any]
-) -> None:
-    jobs = {}
-    for key in graph.jobs:
-        if key in failed:
-            jobs[key] = {"state": "failed", **failed[key]}
-        elif key in in_flight:
-            sub = in_flight[key]
-            jobs[key] = {"state": "running", "job_id": str(sub.job_id), "stderr": str(sub.paths.stderr)}
-    atomic.write_json({"executor": cfg.executor, "jobs": jobs}, state_path(cfg))
-
-
-def read_state(cfg: SweepConfig) -> dict[str, Any]:
-    import json
-
-    path = state_path(cfg)
-    return json.loads(path.read_text())["jobs"] if path.is_file() else {}

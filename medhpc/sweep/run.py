@@ -1,15 +1,20 @@
 """Run a sweep's jobs in this process, in dependency order (the ``debug`` executor), and report
-what is done. The submitit executors (``local``, ``slurm``) build on the same graph and jobs.
+what is done. The submitit executors (``local``, ``slurm``: :mod:`medhpc.sweep.launch`) build
+on the same graph and jobs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from medhpc.jobs import is_done, run_job
-from medhpc.sweep.config import SweepConfig
 from medhpc.sweep.graph import JobGraph, expand, split_sizes
+from medhpc.sweep.jobs import is_done, run_job
+from medhpc.sweep.state import read_state
+
+if TYPE_CHECKING:
+    from medhpc.sweep.config import SweepConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,9 @@ def status(cfg: SweepConfig) -> dict[str, dict[str, int]]:
     """Done, running, failed and total jobs per kind, for the graph as far as it is known.
 
     Done is read from the outputs; running and failed from the last driver's record
-    (``<out>/.sweep/jobs.json``), where a job that is done since counts as done.
+    (``<out>/.sweep/jobs.json``, :mod:`medhpc.sweep.state`), where a job that is done since
+    counts as done.
     """
-    from medhpc.sweep.launch import read_state
-
     graph = full_graph(cfg)
     recorded = read_state(cfg)
     counts: dict[str, Counter[str]] = {}
@@ -57,8 +61,6 @@ def status(cfg: SweepConfig) -> dict[str, dict[str, int]]:
 
 def failures(cfg: SweepConfig) -> dict[str, dict[str, str]]:
     """The failed jobs of the last driver run that are still not done, with their log paths."""
-    from medhpc.sweep.launch import read_state
-
     graph = full_graph(cfg)
     return {
         k: v for k, v in read_state(cfg).items()

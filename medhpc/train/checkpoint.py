@@ -75,7 +75,9 @@ def save(
     )
 
 
-def save_weights(path: Path, *, model: nn.Module, config: dict[str, Any], config_hash: str, epoch: int, val_loss: float) -> None:
+def save_weights(
+    path: Path, *, model: nn.Module, config: dict[str, Any], config_hash: str, epoch: int, val_loss: float
+) -> None:
     """The kept model: weights and the config that builds it, nothing to resume."""
     atomic.save_torch(
         {

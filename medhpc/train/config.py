@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medhpc.config import ConfigError, bad, from_dict, nohash, read_mapping, set_dotted
+from medhpc.config import ConfigError, bad, from_dict, nohash, read_mapping
 from medhpc.models.config import ModelConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -81,8 +81,9 @@ class TrainConfig:
 
     ``loss_weighting: weighted`` is the class-weighted cross-entropy w_c = N / N_c (the
     tables' *). ``patience`` stops when the validation loss has not improved (fallen by more
-    than ``min_delta``) for that many epochs (None: never). ``init_from`` copies the backbone of a finished run (its folder or
-    checkpoint), as the VIB recipe trains a head on a trained, frozen backbone.
+    than ``min_delta``) for that many epochs (None: never). ``init_from`` copies the backbone
+    of a finished run (its folder or checkpoint), as the VIB recipe trains a head on a
+    trained, frozen backbone.
     ``precision: auto`` is bf16 autocast on CUDA and fp32 on the CPU.
     """
 
@@ -149,7 +150,4 @@ def from_mapping(data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
 
 def load_train_config(path: Path | str, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML/TOML training config; ``overrides`` are dotted keys (``optim.lr``)."""
-    data = read_mapping(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return from_mapping(data, source=str(path))
+    return from_mapping(read_mapping(path, overrides), source=str(path))

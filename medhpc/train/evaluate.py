@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -42,11 +42,14 @@ def predict(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for batch in tqdm(loader, desc=f"eval {loader.dataset.split}", leave=False, disable=None if progress is None else not progress):
+        for batch in tqdm(
+            loader, desc=f"eval {loader.dataset.split}", leave=False, disable=None if progress is None else not progress
+        ):
             images, y = batch[0], batch[1]
             x = prepare_batch(images, device, image_size, channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                out = model.forward_train(x) if hasattr(model, "forward_train") else None
+                forward_train = getattr(model, "forward_train", None)
+                out = forward_train(x) if forward_train is not None else None
                 z = out.logits if out is not None else model(x)
             logits.append(z.float())
             if out is not None and out.kl is not None:
@@ -62,7 +65,9 @@ def predict(
     return result
 
 
-def metrics_of(pred: dict[str, np.ndarray], class_weights: torch.Tensor | None = None, beta: float = 0.0) -> dict[str, Any]:
+def metrics_of(
+    pred: dict[str, np.ndarray], class_weights: torch.Tensor | None = None, beta: float = 0.0
+) -> dict[str, Any]:
     """Appendix A metrics plus the loss (cross-entropy, + beta * mean KL for a VIB model)."""
     logits = torch.from_numpy(pred["logits"]).double()
     labels = torch.from_numpy(pred["labels"])
@@ -83,4 +88,4 @@ def write_predictions(pred: dict[str, np.ndarray], path: Path) -> None:
     from medhpc import atomic
 
     with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **pred)
+        np.savez_compressed(fh, **cast(dict[str, Any], pred))  # numpy's stub reads ** as allow_pickle

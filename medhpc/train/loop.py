@@ -23,15 +23,13 @@ from tqdm import tqdm
 
 from medhpc import __version__, atomic
 from medhpc.config import ConfigError, config_hash, to_dict
-from medhpc.data.cache import CacheLoader, cache_info
+from medhpc.data.cache import CacheLoader, cache_info, prepare_batch
 from medhpc.data.errors import DataError
 from medhpc.device import resolve_device
 from medhpc.models import Classifier, build_model
-from medhpc.models.backbones import MIN_SIZE
 from medhpc.train import checkpoint
 from medhpc.train.checkpoint import Progress
 from medhpc.train.config import TrainConfig
-from medhpc.data.cache import prepare_batch
 from medhpc.train.evaluate import metrics_of, predict, write_predictions
 
 log = logging.getLogger(__name__)
@@ -73,9 +71,10 @@ def _check_cache(cfg: TrainConfig) -> dict[str, Any]:
         if info["counts"].get(split, 0) == 0:
             raise DataError(f"cache {cfg.data.cache} has no {split!r} images")
     size = cfg.data.image_size or int(info["size"])
-    if size < MIN_SIZE[cfg.model.arch]:
+    need = cfg.model.arch_spec.min_size
+    if size < need:
         raise ConfigError(
-            f"{cfg.model.arch} needs images of at least {MIN_SIZE[cfg.model.arch]} px; "
+            f"{cfg.model.arch} needs images of at least {need} px; "
             f"{'data.image_size' if cfg.data.image_size else 'the cache ' + cfg.data.cache} gives {size}"
         )
     return info
@@ -121,12 +120,15 @@ def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
-def _loss(out: Any, y: torch.Tensor, weights: torch.Tensor | None, cfg: TrainConfig) -> torch.Tensor:
+def _loss(
+    out: Any, y: torch.Tensor, weights: torch.Tensor | None, cfg: TrainConfig, kl_weight: float | None
+) -> torch.Tensor:
+    """Cross-entropy, InceptionV3's auxiliary term, and the head's KL term (its spec's weight: β)."""
     loss = F.cross_entropy(out.logits.float(), y, weight=weights)
     if out.aux_logits is not None and cfg.aux_weight > 0:
         loss = loss + cfg.aux_weight * F.cross_entropy(out.aux_logits.float(), y, weight=weights)
-    if out.kl is not None and cfg.model.vib is not None:
-        loss = loss + cfg.model.vib.beta * out.kl.float().mean()
+    if out.kl is not None and kl_weight is not None:
+        loss = loss + kl_weight * out.kl.float().mean()
     return loss
 
 
@@ -159,7 +161,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
         init_backbone(model, cfg.init_from)
     if cfg.model.freeze_backbone and cfg.model.weights == "none" and not cfg.init_from:
         log.warning("the backbone is frozen at its random initialisation (no weights, no init_from)")
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # torch's stubs lack Module.to's memory_format, which it accepts (channels_last on CUDA).
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)  # type: ignore[call-overload]
     optimizer = _make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay_gamma)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
@@ -171,14 +174,17 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
     val_loader = CacheLoader(cfg.data.cache, "val", batch_size=cfg.eval_batch_size)
     train_labels = train_loader.dataset.labels
     weights = class_weights(train_labels, cfg.model.classes).to(device) if cfg.loss_weighting == "weighted" else None
-    beta = cfg.model.vib.beta if cfg.model.vib is not None else 0.0
+    kl_weight = cfg.model.head_spec.loss_weight(cfg.model)
+    beta = kl_weight or 0.0
 
     progress_state = Progress()
     last = out / checkpoint.LAST
     if last.is_file():
         ckpt = checkpoint.load(last, map_location=device)
         if ckpt.get("config_hash") != chash:
-            raise checkpoint.CheckpointError(f"{last} belongs to another config (hash {ckpt.get('config_hash')} != {chash})")
+            raise checkpoint.CheckpointError(
+                f"{last} belongs to another config (hash {ckpt.get('config_hash')} != {chash})"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -208,7 +214,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
                 x = prepare_batch(batch[0], device, cfg.data.image_size, channels_last)
                 y = batch[1].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss = _loss(model.forward_train(x), y, weights, cfg)
+                    loss = _loss(model.forward_train(x), y, weights, cfg, kl_weight)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

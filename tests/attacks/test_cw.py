@@ -17,7 +17,7 @@ def test_image_result_does_not_depend_on_the_batch(trained) -> None:
     and which 240 Adam steps amplify to ~1e-4 on the odd pixel."""
     model = copy.deepcopy(trained.model).double()
     x, y = trained.x.double(), trained.y
-    kw = dict(steps=60, search_steps=4)
+    kw = {"steps": 60, "search_steps": 4}
     batch = cw_l2(model, x[:8], y[:8], **kw)
     others = cw_l2(model, torch.cat([x[5:6], x[20:31]]), torch.cat([y[5:6], y[20:31]]), **kw)
     assert batch.success.any()

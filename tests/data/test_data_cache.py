@@ -121,7 +121,7 @@ def test_loader_covers_each_image_once_in_a_seeded_order(aptos_cache: Path) -> N
     first = epoch1[0]
     assert torch.equal(first[0], ds[order1[:8]][0])
     again = CacheLoader(aptos_cache, "train", batch_size=8, shuffle=True, seed=3)
-    assert [torch.equal(a[1], b) for a, b in zip(again, epoch0)] == [True] * len(epoch0)
+    assert [torch.equal(a[1], b) for a, b in zip(again, epoch0, strict=True)] == [True] * len(epoch0)
     dropped = CacheLoader(aptos_cache, "train", batch_size=8, drop_last=True)
     assert all(len(b[1]) == 8 for b in dropped) and len(dropped) == len(ds) // 8
 
@@ -137,8 +137,8 @@ def test_loader_with_two_workers_yields_the_same_batches(aptos_cache: Path, pers
         for _ in range(2):  # the second epoch has a new order (and reuses persistent workers)
             a, b = list(serial), list(parallel)
             assert len(a) == len(b) == len(serial)
-            for x, y in zip(a, b):
-                assert all(torch.equal(u, v) for u, v in zip(x, y))
+            for x, y in zip(a, b, strict=True):
+                assert all(torch.equal(u, v) for u, v in zip(x, y, strict=True))
     assert parallel._loader is None or not persistent
 
 
@@ -214,8 +214,8 @@ def test_folder_dataset_with_some_masks_and_empty_splits(tmp_path: Path) -> None
     assert cache_info(out)["classes"] == ["benign", "malignant"]
     with h5py.File(out, "r") as h5:
         ids = list(h5["train"]["ids"].asstr()[()])
-        has_mask = dict(zip(ids, h5["train"]["has_mask"][()]))
-        masks = dict(zip(ids, h5["train"]["masks"][()]))
+        has_mask = dict(zip(ids, h5["train"]["has_mask"][()], strict=True))
+        masks = dict(zip(ids, h5["train"]["masks"][()], strict=True))
         assert h5["val"]["images"].shape == (0, 8, 8, 3)
     assert [i for i, m in has_mask.items() if m] == ["malignant/0"]
     assert (masks["malignant/0"] == 255).all() and not masks["benign/0"].any()

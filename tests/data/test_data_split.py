@@ -26,7 +26,7 @@ def make_records(n_per_label: dict[int, int]) -> list[Record]:
 def test_allocate_is_within_one_of_the_quota(n: int, fractions: tuple[float, float, float]) -> None:
     counts = allocate(n, fractions)
     assert sum(counts) == n
-    for count, f in zip(counts, fractions):
+    for count, f in zip(counts, fractions, strict=True):
         assert abs(count - f * n) < 1
 
 
@@ -37,7 +37,7 @@ def test_split_is_stratified_disjoint_and_covering() -> None:
     assert sorted(ids) == sorted(r.id for r in records)  # covering, and disjoint
     assert len(set(ids)) == len(ids)
     per_label = Counter(r.label for r in records)
-    for name, fraction in zip(("train", "val", "test"), (0.8, 0.05, 0.15)):
+    for name, fraction in zip(("train", "val", "test"), (0.8, 0.05, 0.15), strict=True):
         got = Counter(r.label for r in splits[name])
         for label, total in per_label.items():
             assert abs(got[label] - fraction * total) < 1, (name, label)

@@ -43,7 +43,7 @@ def test_aptos_balance_at_scale(tmp_path: Path) -> None:
     assert n_pos == summary.n_positive == round(0.5071 * 300)
     grades = Counter(r.grade for r in records)
     real = (370, 999, 193, 295)
-    for g, count in zip((1, 2, 3, 4), real):
+    for g, count in zip((1, 2, 3, 4), real, strict=True):
         assert abs(grades[g] - n_pos * count / sum(real)) < 1
     with (summary.root / "train.csv").open() as fh:
         assert next(csv.reader(fh)) == ["id_code", "diagnosis"]
@@ -58,7 +58,7 @@ def test_cxr_spreads_classes_over_official_split_folders(tmp_path: Path) -> None
     assert sum(v for (_, c), v in counts.items() if c == "PNEUMONIA") == n_pos
     for cls, sizes in CXR_SPLIT_SIZES.items():
         total = sum(v for (_, c), v in counts.items() if c == cls)
-        official = dict(zip(("train", "test", "val"), allocate(total, sizes)))
+        official = dict(zip(("train", "test", "val"), allocate(total, sizes), strict=True))
         for split in ("train", "test", "val"):
             # Official proportions, except that val gets at least one image.
             assert abs(counts[(split, cls)] - official[split]) <= 1

@@ -248,7 +248,10 @@ def test_vib_initialisation_is_xavier_with_zero_bias() -> None:
         ({"arch": "resnet50", "hed": "vib"}, r"hed: unknown key \(did you mean 'head'\?\)"),
         ({"arch": "resnet50", "head": "vib", "vib": {"beta": -1}}, r"vib\.beta: must be >= 0"),
         ({"arch": "resnet50", "head": "vib", "vib": {"eval_samples": 0}}, r"vib\.eval_samples"),
-        ({"arch": "resnet50", "head": "linear", "vib": {"beta": 1e-3}}, r"vib: VIB settings given but head is 'linear'"),
+        (
+            {"arch": "resnet50", "head": "linear", "vib": {"beta": 1e-3}},
+            r"vib: VIB settings given but head is 'linear'",
+        ),
         ({"arch": "resnet50", "classes": 1}, r"classes: must be >= 2"),
         ({"arch": "resnet50", "freeze_backbone": "yes"}, r"freeze_backbone: expected true or false"),
         ({"head": "vib"}, r"arch: missing"),

@@ -12,7 +12,7 @@ from medhpc.ops.spsa import sample_inputs
 
 needs_ext = pytest.mark.skipif(not _ext.loaded(), reason=f"medhpc._C not loaded: {_ext.LOAD_ERROR}")
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
-TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+TOL = {torch.float64: {"rtol": 1e-12, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
 
 
 @needs_ext

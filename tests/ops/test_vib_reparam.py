@@ -19,7 +19,7 @@ DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
 ]
-TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+TOL = {torch.float64: {"rtol": 1e-12, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
 
 
 def test_philox_matches_random123_known_answers() -> None:
@@ -68,7 +68,7 @@ def test_backward_matches_reference_autograd(device: str) -> None:
         got = torch.autograd.grad((z, kl), (mu, a), (gz, gkl))
         z_ref, kl_ref = reference.vib_reparam(mu, a, *rest)
         want = torch.autograd.grad((z_ref, kl_ref), (mu, a), (gz, gkl))
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 

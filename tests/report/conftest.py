@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from medhpc.attacks.config import AttackConfig
-from medhpc.attacks.robustness import _row
+from medhpc.attacks.robustness import attack_row
 from medhpc.report.analyse import EVAL_FORMAT
 from medhpc.report.uncertainty import attack_uncertainty
 
@@ -83,7 +83,7 @@ def write_fixture(root: Path, maps: bool = True) -> Fixture:
             ok = f["success"].astype(float)
             totals = {"n": float(N), "correct": float(correct), "success": ok.sum(), "l2": 0.0, "linf": 0.0,
                       "l2_success": 0.0, "linf_success": 0.0}  # fmt: skip
-            row = {**_row(cfg, totals), "shards": str(root / "shards" / name / cfg.name)}
+            row = {**attack_row(cfg, totals), "shards": str(root / "shards" / name / cfg.name)}
             row["uncertainty"] = attack_uncertainty(f, detect=cfg.attack != "none")
             rows.append(row)
         ev: dict[str, Any] = {"format": EVAL_FORMAT, "run": str(run), "dataset": "aptos", "n": N, "attacks": rows,
@@ -111,7 +111,7 @@ def write_fixture(root: Path, maps: bool = True) -> Fixture:
             np.savez_compressed(buf, **arrays)
             (out.parent / f"{name}.maps.npz").write_bytes(buf.getvalue())
             ev["maps"] = {"n": N, "image_size": 16, "grid": 2, "target": "label", "kinds": kinds,
-                          "clean": {k: score for k in kinds}, "file": f"{name}.maps.npz"}  # fmt: skip
+                          "clean": dict.fromkeys(kinds, score), "file": f"{name}.maps.npz"}  # fmt: skip
         out.write_text(json.dumps(ev))
         evaluations.append(str(out))
     return Fixture(root, evaluations, names)

@@ -117,7 +117,7 @@ def test_sweep_report_tables_match_the_shards_and_every_figure_exists(sweep: Pat
 
 @pytest.mark.slow
 def test_finished_evaluations_are_skipped_until_the_report_settings_change(sweep: Path) -> None:
-    from medhpc.jobs import is_done
+    from medhpc.sweep.jobs import is_done
     from medhpc.sweep.run import full_graph
 
     graph = full_graph(load_sweep(sweep))

@@ -27,7 +27,10 @@ def test_appendix_a_metrics_with_intervals(stored) -> None:  # type: ignore[no-u
     # linear: tp 7, fp 2, fn 3, tn 8 of 20
     acc = _cell(t, 0, "accuracy")
     assert acc.value == 15 / 20 and (acc.lo, acc.hi) == wilson_interval(15, 20)
-    assert _cell(t, 0, "precision").value == 7 / 9 and (_cell(t, 0, "precision").lo, _cell(t, 0, "precision").hi) == wilson_interval(7, 9)
+    assert _cell(t, 0, "precision").value == 7 / 9 and (
+        _cell(t, 0, "precision").lo,
+        _cell(t, 0, "precision").hi,
+    ) == wilson_interval(7, 9)
     assert _cell(t, 0, "recall").value == 7 / 10 and _cell(t, 0, "specificity").value == 8 / 10
     auc = _cell(t, 0, "ROC-AUC")
     assert auc.value == 0.8 and (auc.lo, auc.hi) == auc_interval(0.8, 10, 10)
@@ -38,7 +41,13 @@ def test_appendix_a_metrics_with_intervals(stored) -> None:  # type: ignore[no-u
 def test_appendix_b_is_attack_by_model_accuracy(stored) -> None:  # type: ignore[no-untyped-def]
     (t,) = tables.appendix_b(load_results(stored.evaluations))
     assert t.key == "appendix-b-aptos"
-    assert t.columns == ["attack", "resnet50 linear", "resnet50 attention", "resnet50 vib β=0.001", "resnet50 vib β=0.1"]
+    assert t.columns == [
+        "attack",
+        "resnet50 linear",
+        "resnet50 attention",
+        "resnet50 vib β=0.001",
+        "resnet50 vib β=0.1",
+    ]
     assert [r[0] for r in t.rows] == ["none", "fgsm-linf-eps0.01", "fgsm-linf-eps0.02", "pgd-linf-eps0.02-s5"]
     c = _cell(t, 2, "resnet50 linear")  # fgsm 0.02 on linear: 2 of 8
     assert c.value == 0.25 and (c.lo, c.hi) == wilson_interval(2, 8)
@@ -74,7 +83,9 @@ def test_uncertainty_and_map_tables_carry_the_stored_numbers(stored) -> None:  #
     assert per_model == {"resnet50 linear": 3, "resnet50 attention": 3, "resnet50 vib β=0.001": 12,
                          "resnet50 vib β=0.1": 12}  # fmt: skip
     vib = results[2]
-    row = next(r for r in det.rows if r[1] == vib.label and r[2] == "fgsm-linf-eps0.02" and r[3] == "mutual information")
+    row = next(
+        r for r in det.rows if r[1] == vib.label and r[2] == "fgsm-linf-eps0.02" and r[3] == "mutual information"
+    )
     d = vib.attack("fgsm-linf-eps0.02")["uncertainty"]["detection"]["mutual_information"]  # type: ignore[index]
     assert row[4].value == d["all"]["auroc"] and row[5].value == d["successful"]["auroc"]
     assert (row[4].lo, row[4].hi) == auc_interval(d["all"]["auroc"], 8, 8)

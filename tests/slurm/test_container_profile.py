@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from medhpc.cluster import JOB_KINDS, load_profile, make_executor
 from medhpc.config import ConfigError
+from medhpc.sweep.cluster import JOB_KINDS, load_profile, make_executor
 
 CONTAINER = "apptainer exec --nv --bind /shared /shared/images/medhpc.sif python"
 

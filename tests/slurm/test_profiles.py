@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medhpc.cluster import (
+from medhpc.config import ConfigError
+from medhpc.sweep.cluster import (
     JOB_KINDS,
     PROFILE_DIR,
     ClusterProfile,
@@ -15,7 +16,6 @@ from medhpc.cluster import (
     executor_parameters,
     load_profile,
 )
-from medhpc.config import ConfigError
 
 EXAMPLE = PROFILE_DIR / "example-gpu.toml"
 

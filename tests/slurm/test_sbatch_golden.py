@@ -20,7 +20,7 @@ import pytest
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
-from medhpc.cluster import ClusterProfile, load_profile, make_executor
+from medhpc.sweep.cluster import ClusterProfile, load_profile, make_executor
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SITE_FOLDER = "/shared/sweeps/demo/slurm/%j"  # where a sweep on the example site keeps its jobs
@@ -80,7 +80,8 @@ def test_example_gpu_train_script_asks_for_what_the_profile_says(slurm_cluster: 
         assert line in lines, line
     command = [ln for ln in lines if ln.startswith("srun ")]
     assert len(command) == 1
-    assert "apptainer exec --nv --bind /shared /shared/images/medhpc.sif python -u -m submitit.core._submit" in command[0]
+    expected = "apptainer exec --nv --bind /shared /shared/images/medhpc.sif python -u -m submitit.core._submit"
+    assert expected in command[0]
     array = sbatch_script(load_profile("example-gpu"), "attack", array_size=100)
     assert "#SBATCH --array=0-99%64" in array.splitlines()  # array_parallelism = 64
 

@@ -19,7 +19,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from medhpc.cluster import Resources, executor_options, executor_parameters, load_profile
+from medhpc.sweep.cluster import Resources, executor_options, executor_parameters, load_profile
 
 # Jobs unpickle these functions on the node: send them by value (this module is not importable
 # there under pytest's importlib mode).

@@ -52,14 +52,16 @@ def test_tiny_sweep_runs_as_slurm_job_arrays(slurm_cluster, tmp_path: Path) -> N
 
 
 def test_a_preempted_training_job_is_requeued_and_resumes_from_last_pt(slurm_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from medhpc.cluster import load_profile, make_executor
-    from medhpc.jobs import run_job
     from medhpc.sweep import expand
+    from medhpc.sweep.cluster import load_profile, make_executor
+    from medhpc.sweep.jobs import run_job
     from medhpc.sweep.launch import JobRunner
 
     cfg = {
         "name": "preempt",
-        "datasets": [{"name": "aptos", "kind": "aptos", "root": "synthetic", "size": 32, "synthetic": {"n": 80, "size": 32}}],
+        "datasets": [
+            {"name": "aptos", "kind": "aptos", "root": "synthetic", "size": 32, "synthetic": {"n": 80, "size": 32}}
+        ],
         "models": {"archs": ["resnet50"], "heads": ["linear"]},
         "train": {"optim": {"name": "adam", "lr": 1e-3}, "epochs": 5, "batch_size": 4, "patience": None},
         "attacks": [{"attack": "none"}],

@@ -17,7 +17,8 @@ from medhpc.attacks.config import AttackConfig, run_attack
 from medhpc.config import config_hash, to_dict
 from medhpc.data import make_synthetic, prepare
 from medhpc.data.cache import CacheDataset
-from medhpc.store import ShardError, ShardReader, attack_to_shard, cache_batches, verify_shard
+from medhpc.store import ShardError, ShardReader, verify_shard
+from medhpc.sweep.produce import attack_to_shard, cache_batches
 
 
 def _batches(

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medhpc.attacks.config import AttackConfig
+from medhpc.config import from_dict
 from medhpc.store import ShardError, ShardMeta, ShardReader, write_shard
 
 
@@ -47,7 +48,9 @@ def test_batches_span_shard_boundaries(shard_set: Any) -> None:
 
 def test_metadata_per_shard_and_for_the_set(shard_set: Any) -> None:
     reader = ShardReader(shard_set.folder)
-    assert reader.config_hash == "5e7" and reader.attack == AttackConfig("pgd", eps=0.02, steps=3)
+    assert reader.config_hash == "5e7" and from_dict(AttackConfig, reader.attack_config) == AttackConfig(
+        "pgd", eps=0.02, steps=3
+    )
     assert reader.shard_of(12).path == shard_set.paths[2]
     assert [s.attrs["start"] for s in reader.shards] == [0, 5, 10, 15]
     assert reader.attrs["model_hash"] == "model01" and reader.missing == []
@@ -82,7 +85,7 @@ def test_stochastic_fields_read_per_image(
     tmp_path: Path, make_arrays: Callable[..., dict[str, Any]], meta: Callable[..., ShardMeta]
 ) -> None:
     data = [make_arrays(s, 4, samples=12) for s in (0, 4)]
-    for s, d in zip((0, 4), data):
+    for s, d in zip((0, 4), data, strict=True):
         write_shard(tmp_path / f"{s}.h5", d, meta(s, samples=12, set_size=8))
     reader = ShardReader(tmp_path)
     draws = reader.read(["adv_sample_probs"])["adv_sample_probs"]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from medhpc import __version__
-from medhpc.config import config_hash, to_dict
+from medhpc.attacks.config import AttackConfig
+from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.store import (
     FIELDS,
     SCHEMA_VERSION,
@@ -68,7 +69,7 @@ def test_attributes_record_attack_model_hashes_seed_and_version(
     assert a["format"] == "medhpc.shard" and a["schema_version"] == SCHEMA_VERSION
     assert a["medhpc_version"] == __version__
     assert a["attack_config"] == to_dict(m.attack) and a["attack_hash"] == config_hash(m.attack)
-    assert info.attack == m.attack
+    assert from_dict(AttackConfig, info.attrs["attack_config"]) == m.attack
     assert (a["config_hash"], a["model_hash"], a["run"], a["dataset"]) == ("5e7", "model01", "runs/m1", "cache.h5")
     assert (a["split"], a["start"], a["stop"], a["set_size"], a["seed"]) == ("test", 0, 4, 20, 7)
     assert a["meta"] == {"job": "attack-1"} and a["model_config"] is None
@@ -111,10 +112,12 @@ def test_plain_h5py_reads_every_field_and_attribute_without_medhpc(
     code = (
         "import json, sys, h5py, numpy as np\n"
         "f = h5py.File(sys.argv[1], 'r')\n"
-        "out = {k: (f[k].asstr()[()].tolist() if k == 'ids' else np.nan_to_num(f[k][()], nan=-1).tolist()) for k in f}\n"
+        "out = {k: (f[k].asstr()[()].tolist() if k == 'ids' else np.nan_to_num(f[k][()], nan=-1).tolist())\n"
+        "       for k in f}\n"
         "out['attrs'] = {k: (v.item() if hasattr(v, 'item') else v) for k, v in f.attrs.items()}\n"
         "out['attack'] = json.loads(f.attrs['attack_config'])\n"
-        "out['filters'] = [f['x_adv'].compression, f['x_adv'].shuffle, f['x_adv'].fletcher32, f['x_adv'].chunks is not None]\n"
+        "x = f['x_adv']\n"
+        "out['filters'] = [x.compression, x.shuffle, x.fletcher32, x.chunks is not None]\n"
         "assert not any(m.startswith('medhpc') or m == 'torch' for m in sys.modules), 'imported medhpc/torch'\n"
         "print(json.dumps(out))\n"
     )

@@ -90,7 +90,10 @@ def test_limit_caps_the_attacked_images() -> None:
         ({"executor": "slurm"}, "profile: the slurm executor needs a cluster profile"),
         ({"shard_size": 0}, "shard_size: must be >= 1"),
         ({"datasets": [{"name": "a b", "kind": "aptos", "root": "x"}]}, r"datasets\[0\]\.name: must be a short label"),
-        ({"datasets": [{"name": "a", "kind": "aptos", "root": "x", "fractions": [0.5, 0.5, 0.5]}]}, "fractions: must be three"),
+        (
+            {"datasets": [{"name": "a", "kind": "aptos", "root": "x", "fractions": [0.5, 0.5, 0.5]}]},
+            "fractions: must be three",
+        ),
         ({"attacks": [{"attack": "pgd"}]}, r"attacks\[0\]\.eps: required by 'pgd'"),
         ({"modles": {}}, r"modles: unknown key \(did you mean 'models'\?\)"),
         ({"image_size": {"resnet50": "big"}}, r"image_size\.resnet50: expected an integer"),

@@ -45,7 +45,8 @@ def write_sweep(tmp_path: Path, name: str) -> Path:
 def start(cfg: Path) -> subprocess.Popen:
     # Own session: killing the group kills the driver and every job it started.
     return subprocess.Popen([sys.executable, "-m", "medhpc.sweep", "run", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 600) -> None:

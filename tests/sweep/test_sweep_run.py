@@ -40,7 +40,8 @@ def test_tiny_sweep_runs_end_to_end_and_reruns_as_a_no_op(tmp_path: Path) -> Non
     cfg = load_sweep(path)
     run_in_process(cfg)
     counts = status(cfg)
-    totals = {"prepare": 1, "train": 2, "attack": 8, "evaluate": 2, "report": 1}  # attack: 2 models x 2 attacks x 2 shards
+    # attack: 2 models x 2 attacks x 2 shards
+    totals = {"prepare": 1, "train": 2, "attack": 8, "evaluate": 2, "report": 1}
     assert counts == {k: {"done": n, "running": 0, "failed": 0, "total": n} for k, n in totals.items()}
     out = Path(cfg.out)
     assert verify_dir(out / "shards").ok

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from medhpc.attack import RobustnessConfig, evaluate_run, load_config, output_path
+from medhpc.attacks.evaluate import RobustnessConfig, evaluate_run, load_config, output_path
 from medhpc.config import ConfigError, from_dict
 from medhpc.data.cache import CacheLoader, to_float
-from medhpc.train import from_mapping, train
 from medhpc.models.checkpoint import load_model
+from medhpc.train import from_mapping, train
 
 ROOT = Path(__file__).resolve().parents[2]
 

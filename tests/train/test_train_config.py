@@ -44,7 +44,10 @@ def test_base_preset_and_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("model: {arch: resnet50}\ndata: {cache: c.h5}\nepoch: 3\n", r"bad\.yaml: epoch: unknown key \(did you mean 'epochs'\?\)"),
+        (
+            "model: {arch: resnet50}\ndata: {cache: c.h5}\nepoch: 3\n",
+            r"bad\.yaml: epoch: unknown key \(did you mean 'epochs'\?\)",
+        ),
         ("model: {arch: resnet50}\ndata: {cache: c.h5}\noptim: {lr: -1}\n", r"bad\.yaml: optim\.lr: must be > 0"),
         ("model: {arch: resnet50}\ndata: {cache: c.h5}\noptim: {betas: [0.9]}\n", r"optim\.betas: expected 2 values"),
         ("model: {arch: resnet50}\ndata: {cache: c.h5}\nbatch_size: 0\n", r"batch_size: must be >= 1"),

@@ -55,7 +55,8 @@ def test_a_run_writes_config_checkpoints_history_and_metrics(finished_run: Path)
     metrics = json.loads((finished_run / "metrics.json").read_text())
     for split in ("val", "test"):
         m = metrics[split]
-        for key in ("accuracy", "accuracy_ci95", "precision", "recall", "f1", "roc_auc", "tp", "fp", "fn", "tn", "loss"):
+        keys = ("accuracy", "accuracy_ci95", "precision", "recall", "f1", "roc_auc", "tp", "fp", "fn", "tn", "loss")
+        for key in keys:
             assert key in m, key
         assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == m["n"]
     pred = np.load(finished_run / "predictions-test.npz")
@@ -76,7 +77,8 @@ def test_the_kept_model_is_the_one_with_the_best_validation_loss(finished_run: P
 
 
 def test_a_finished_run_is_skipped_on_rerun(finished_run: Path) -> None:
-    cfg = from_mapping(config(Path(json.loads((finished_run / "metrics.json").read_text())["cache"]), finished_run.parent))
+    cache = Path(json.loads((finished_run / "metrics.json").read_text())["cache"])
+    cfg = from_mapping(config(cache, finished_run.parent))
     stamps = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
     assert train(cfg, progress=False) == finished_run
     assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == stamps
@@ -166,7 +168,9 @@ def test_class_weights_are_n_over_n_c() -> None:
         class_weights(np.array([0, 0]), 2)
 
 
-def test_vib_recipe_trains_the_head_on_a_copied_frozen_backbone(finished_run: Path, tiny_cache: Path, tmp_path: Path) -> None:
+def test_vib_recipe_trains_the_head_on_a_copied_frozen_backbone(
+    finished_run: Path, tiny_cache: Path, tmp_path: Path
+) -> None:
     data = config(tiny_cache, tmp_path, preset="vib", epochs=1, init_from=str(finished_run))
     del data["optim"]
     data["model"] = {"arch": "resnet50", "vib": {"latent": 16, "eval_samples": 3}}

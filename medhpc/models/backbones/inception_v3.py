@@ -1,36 +1,15 @@
-"""Backbones as trunks: images (normalised) -> last feature map, keeping torchvision's names.
-
-Module names stay torchvision's (``layer4``, ``Mixed_7c``, ``AuxLogits``) so ImageNet state
-dicts load unchanged and Grad-CAM can name its layer as the papers do.
-"""
+"""InceptionV3 (Szegedy et al. 2016) as a trunk, with its auxiliary classifier in training."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-# The two backbones' final feature channels, smallest accepted input sides (InceptionV3's
-# unpadded convolutions need 75 px), and the layer Grad-CAM uses.
-CHANNELS = {"resnet50": 2048, "inception_v3": 2048}
-MIN_SIZE = {"resnet50": 32, "inception_v3": 75}
-CAM_LAYER = {"resnet50": "layer4", "inception_v3": "Mixed_7c"}
-
-
-class ResNet50Trunk(nn.Module):
-    """torchvision's ResNet50 without ``avgpool`` and ``fc``: (B,3,H,W) -> (B,2048,H/32,W/32)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        net = torchvision.models.resnet50(weights=None)
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            self.add_module(name, getattr(net, name))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x, None
+from medhpc.models.spec import ArchSpec
 
 
 class InceptionV3Trunk(nn.Module):
@@ -47,6 +26,11 @@ class InceptionV3Trunk(nn.Module):
         "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
         "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
     )  # fmt: skip
+
+    Mixed_7a: nn.Module
+    Mixed_7b: nn.Module
+    Mixed_7c: nn.Module
+    AuxLogits: Any
 
     def __init__(self, classes: int, aux: bool) -> None:
         super().__init__()
@@ -73,9 +57,14 @@ class InceptionV3Trunk(nn.Module):
         return head.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_trunk(arch: str, classes: int, aux: bool) -> nn.Module:
-    if arch == "resnet50":
-        return ResNet50Trunk()
-    if arch == "inception_v3":
-        return InceptionV3Trunk(classes, aux)
-    raise ValueError(f"unknown architecture {arch!r}; known: resnet50, inception_v3")
+#: Its unpadded convolutions need at least 75 px.
+SPEC = ArchSpec(
+    "inception_v3",
+    build=InceptionV3Trunk,
+    channels=2048,
+    min_size=75,
+    input_size=299,
+    cam_layer="Mixed_7c",
+    imagenet=lambda: torchvision.models.Inception_V3_Weights.DEFAULT,
+    aux_logits=True,
+)

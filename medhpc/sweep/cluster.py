@@ -36,7 +36,7 @@ JobKind = Literal["prepare", "train", "attack", "evaluate", "report"]
 JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
 
 # Where the profiles shipped with the repository live (a bare name such as "local" finds them).
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"  # medhpc/sweep/cluster.py -> repo root
 
 # sbatch options that a profile sets through its own keys: an extra line must not override them
 # silently (submitit lets `additional_parameters` win over everything it computed itself).

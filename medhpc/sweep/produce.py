@@ -1,9 +1,11 @@
 """Make a shard: run one attack over a slice of a split and record everything the report needs.
 
-:func:`attack_to_shard` is the attack job's core: batches in, one verified shard out. It is
-device-agnostic (the model's device, or ``device``), batched, and streams each batch to the
-shard's temporary file, so memory holds one batch, not the shard. :func:`cache_batches` feeds
-it from a prepared cache with the same preprocessing as training and evaluation.
+:func:`attack_to_shard` is the attack job's core (:class:`medhpc.sweep.jobs.AttackJob`):
+batches in, one verified shard out. It is device-agnostic (the model's device, or ``device``),
+batched, and streams each batch to the shard's temporary file (:class:`medhpc.store.ShardWriter`),
+so memory holds one batch, not the shard. :func:`cache_batches` feeds it from a prepared cache
+with the same preprocessing as training and evaluation. Here, in the job layer, attacks, models
+and data meet the store, which knows none of them.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from tqdm.auto import tqdm
 from medhpc.attacks.common import derive_seed
 from medhpc.attacks.config import AttackConfig, run_attack
 from medhpc.config import ConfigError, from_dict
+from medhpc.models.config import ModelConfig
 from medhpc.models.noise import fixed_noise, is_stochastic
-from medhpc.store.reader import ShardInfo
-from medhpc.store.writer import ShardError, ShardMeta, ShardWriter
+from medhpc.store import ShardError, ShardInfo, ShardMeta, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,11 @@ DEFAULT_SAMPLES = 12
 
 
 def default_samples(model: nn.Module) -> int:
-    """S for a stochastic model: its VIB head's ``eval_samples`` (the draws its prediction
-    averages), else :data:`DEFAULT_SAMPLES`."""
-    vib = getattr(getattr(model, "cfg", None), "vib", None)
-    samples = getattr(vib, "eval_samples", None)
-    return int(samples) if isinstance(samples, int) and samples >= 1 else DEFAULT_SAMPLES
+    """S for a stochastic model: the draws its head's prediction averages (its spec's
+    ``eval_samples``: the VIB head's setting), else :data:`DEFAULT_SAMPLES`."""
+    cfg = getattr(model, "cfg", None)
+    samples = cfg.head_spec.eval_samples(cfg) if isinstance(cfg, ModelConfig) else 0
+    return samples if samples >= 1 else DEFAULT_SAMPLES
 
 
 def _probs(model: nn.Module, x: torch.Tensor, seed: int, samples: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -193,11 +195,10 @@ def cache_batches(
     """``(x, y, ids)`` batches of split indices ``[start, stop)`` of a prepared cache.
 
     Images become float [0, 1] on ``device``, resized to ``image_size`` when given, by the
-    same function training and evaluation use (:func:`medhpc.train.evaluate.prepare_batch`),
+    same function training and evaluation use (:func:`medhpc.data.cache.prepare_batch`),
     so the shard holds the images the model was evaluated on.
     """
-    from medhpc.data.cache import CacheDataset
-    from medhpc.data.cache import prepare_batch
+    from medhpc.data.cache import CacheDataset, prepare_batch
 
     if batch_size < 1:
         raise ShardError(f"batch_size must be >= 1, got {batch_size}")

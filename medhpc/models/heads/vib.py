@@ -1,43 +1,50 @@
-"""Classification heads over a backbone's last feature map (B, C, H, W).
-
-Each head returns a :class:`HeadOutput`. Only the VIB head is stochastic and has a KL term;
-the attention head exposes its maps for Grad-CAM-style figures (:meth:`SoftAttentionHead.maps`).
-"""
+"""The Variational Information Bottleneck head (Alemi et al. 2016; Häkkinen & Raj §5.2): a
+stochastic head whose loss adds β · KL, swept over β on a base model's frozen backbone."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medhpc.models.config import AttentionConfig, VIBConfig
+from medhpc.config import bad
+from medhpc.models.heads.output import HeadOutput
 from medhpc.models.noise import NoiseSource
+from medhpc.models.spec import HeadSpec, SweepAxis
 from medhpc.ops import reference, vib_reparam
 
-
-@dataclass
-class HeadOutput:
-    """``logits`` (B, classes) as the model predicts; ``kl`` (B,) for the VIB head; ``samples``
-    (S, B, classes) the per-draw logits of a stochastic head at evaluation."""
-
-    logits: torch.Tensor
-    kl: torch.Tensor | None = None
-    samples: torch.Tensor | None = None
+if TYPE_CHECKING:
+    from medhpc.models.config import ModelConfig
 
 
-class LinearHead(nn.Module):
-    """Global average pooling, optional dropout, a linear layer: the backbones' own head."""
+@dataclass(frozen=True)
+class VIBConfig:
+    """Variational Information Bottleneck head (Alemi et al. 2016; Häkkinen & Raj §5.2).
 
-    def __init__(self, channels: int, classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, classes)
+    ``kl_reduction="mean"`` averages the KL over the latent dimensions as Häkkinen's scripts
+    did, so the paper's β grid means what it meant there (Alemi sums: β/latent of theirs).
+    ``average`` is how the ``eval_samples`` draws combine at evaluation: mean logits (the
+    scripts) or mean probabilities (Alemi). ``relu`` is the scripts' σ = softplus(ReLU(a) − 5).
+    """
 
-    def forward(self, t: torch.Tensor) -> HeadOutput:
-        return HeadOutput(self.fc(self.dropout(torch.flatten(F.adaptive_avg_pool2d(t, 1), 1))))
+    latent: int = 256
+    beta: float = 1e-3
+    relu: bool = True
+    kl_reduction: Literal["sum", "mean"] = "mean"
+    eval_samples: int = 12
+    average: Literal["logits", "probs"] = "logits"
+
+    def _check(self) -> None:
+        if self.latent < 1:
+            raise bad("latent", f"must be a positive number of dimensions, got {self.latent}")
+        if not self.beta >= 0.0:
+            raise bad("beta", f"must be >= 0, got {self.beta}")
+        if self.eval_samples < 1:
+            raise bad("eval_samples", f"must be >= 1, got {self.eval_samples}")
 
 
 class VIBHead(nn.Module):
@@ -107,40 +114,13 @@ class VIBHead(nn.Module):
         return self.decoder(self.encode(t)[0])
 
 
-class SoftAttentionHead(nn.Module):
-    """Soft attention on the last feature map, then the pooled-concat classifier.
+def _build(channels: int, cfg: ModelConfig) -> nn.Module:
+    assert cfg.vib is not None  # filled by ModelConfig for this head
+    return VIBHead(channels, cfg.classes, cfg.vib)
 
-    K maps from a 3x3 convolution, ReLU, softmax over the H*W positions of each map, summed
-    into A; attended features f = gamma * t * A. Both t and f are max-pooled 2x2 (rounding up
-    on maps smaller than 2x2, which small test images produce), concatenated, ReLU, dropout,
-    global-average-pooled and classified by a linear layer (2C -> classes).
-    """
 
-    def __init__(self, channels: int, classes: int, cfg: AttentionConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.conv = nn.Conv2d(channels, cfg.maps, kernel_size=3, padding=1)
-        if cfg.learn_gamma:
-            self.gamma = nn.Parameter(torch.ones(()))
-        else:
-            self.register_buffer("gamma", torch.ones(()), persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(2 * channels, classes)
-
-    def maps(self, t: torch.Tensor) -> torch.Tensor:
-        """The K softmax-normalised attention maps (B, K, H, W); each sums to 1."""
-        m = F.relu(self.conv(t))
-        return F.softmax(m.flatten(2), dim=-1).view_as(m)
-
-    def attention(self, t: torch.Tensor) -> torch.Tensor:
-        """A = the sum of the K maps (B, 1, H, W), what multiplies the features."""
-        return self.maps(t).sum(1, keepdim=True)
-
-    def forward(self, t: torch.Tensor) -> HeadOutput:
-        f = self.gamma * t * self.attention(t)
-        ceil = min(t.shape[-2:]) < 2
-        pooled = torch.cat(
-            (F.max_pool2d(t, 2, ceil_mode=ceil), F.max_pool2d(f, 2, ceil_mode=ceil)), dim=1
-        )
-        h = torch.flatten(F.adaptive_avg_pool2d(self.dropout(F.relu(pooled)), 1), 1)
-        return HeadOutput(self.fc(h))
+SPEC = HeadSpec(
+    "vib", "VIB", _build, settings=VIBConfig, stochastic=True,
+    samples=lambda s: s.eval_samples, kl_weight=lambda s: s.beta,
+    axis=SweepAxis(field="beta", grid="betas", symbol="β"), on_base=True,
+)  # fmt: skip
