@@ -71,6 +71,13 @@ def appendix_a(results: list[ModelResult]) -> Table:
     return t
 
 
+def _attacks_by_model(t: Table, models: list[ModelResult]) -> Table:
+    """Fill ``t`` with a row per attack (first-seen order) and a cell per model."""
+    for name in attack_names(models):
+        t.add([name, *(attack_cell(m.attack(name)) for m in models)])
+    return t
+
+
 def appendix_b(results: list[ModelResult]) -> list[Table]:
     """Per dataset: attacks (rows) × models (columns)."""
     tables = []
@@ -80,9 +87,7 @@ def appendix_b(results: list[ModelResult]) -> list[Table]:
                   ["attack", *(m.label for m in models)],
                   note=f"Accuracy against the true labels on the first {models[0].evaluation['n']} test images, "
                        "95 % Wilson intervals.")  # fmt: skip
-        for name in attack_names(models):
-            t.add([name, *(attack_cell(m.attack(name)) for m in models)])
-        tables.append(t)
+        tables.append(_attacks_by_model(t, models))
     return tables
 
 
@@ -112,9 +117,7 @@ def appendix_c(results: list[ModelResult]) -> list[Table]:
                   ["attack", *names],
                   note=f"{title} heads trained on the base model's frozen backbone; "
                        "95 % Wilson intervals.")  # fmt: skip
-        for name in attack_names(cols):
-            t.add([name, *(attack_cell(m.attack(name)) for m in cols)])
-        tables.append(t)
+        tables.append(_attacks_by_model(t, cols))
     return tables
 
 

@@ -47,6 +47,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def _header(model: nn.Module, config: dict[str, Any], config_hash: str) -> dict[str, Any]:
+    """What every checkpoint starts with: its format, the writer, the run's config, the weights."""
+    return {
+        "format": FORMAT,
+        "medhpc_version": __version__,
+        "config": config,
+        "config_hash": config_hash,
+        "model": model.state_dict(),
+    }
+
+
 def save(
     path: Path,
     *,
@@ -60,11 +71,7 @@ def save(
 ) -> None:
     atomic.save_torch(
         {
-            "format": FORMAT,
-            "medhpc_version": __version__,
-            "config": config,
-            "config_hash": config_hash,
-            "model": model.state_dict(),
+            **_header(model, config, config_hash),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -81,11 +88,7 @@ def save_weights(
     """The kept model: weights and the config that builds it, nothing to resume."""
     atomic.save_torch(
         {
-            "format": FORMAT,
-            "medhpc_version": __version__,
-            "config": config,
-            "config_hash": config_hash,
-            "model": model.state_dict(),
+            **_header(model, config, config_hash),
             "epoch": epoch,
             "val_loss": val_loss,
         },

@@ -53,20 +53,9 @@ def test_config_defaults_are_the_function_defaults(name: str) -> None:
     assert set(called) <= set(spec.signature)  # run_attack passes nothing the function lacks
 
 
-def _toy(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None = None,
-    *,
-    eps: float,
-    steps: int = 3,
-    norm: str = "linf",
-    clip: Any = (0.0, 1.0),
-    label_mode: Any = "true",
-    targeted: bool = False,
-    seed: int = 0,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+def _toy(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float, steps: int = 3,
+         norm: str = "linf", clip: Any = (0.0, 1.0), label_mode: Any = "true", targeted: bool = False, seed: int = 0,
+         generator: torch.Generator | None = None) -> AttackResult:  # fmt: skip
     """Moves every pixel by +ε: enough to show the registry, not an attack worth running."""
     s = begin(TOY, model, x, y, clip=clip, label_mode=label_mode, targeted=targeted, seed=seed,
               generator=generator, eps=eps, norm=norm)  # fmt: skip

@@ -1,4 +1,5 @@
-"""``python -m medhpc.attack``: a finished run's kept model under a list of attacks."""
+"""``python -m medhpc.attacks``: a finished run's kept model under a list of attacks (and the old
+name ``python -m medhpc.attack``, an alias that says so)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_cli_writes_accuracy_under_each_attack_and_skips_on_rerun(run: Path, tmp
             }
         )
     )
-    proc = subprocess.run([sys.executable, "-m", "medhpc.attack", str(cfg_path), "--quiet"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "medhpc.attacks", str(cfg_path), "--quiet"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = Path(proc.stdout.strip().splitlines()[-1])
@@ -73,6 +74,7 @@ def test_cli_writes_accuracy_under_each_attack_and_skips_on_rerun(run: Path, tmp
     again = subprocess.run([sys.executable, "-m", "medhpc.attack", str(cfg_path), "--quiet"], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0 and out.stat().st_mtime_ns == stamp
+    assert "now 'python -m medhpc.attacks'" in again.stderr and again.stdout == proc.stdout  # the old name still works
 
 
 def test_paper_preset_is_the_appendix_rows() -> None:
