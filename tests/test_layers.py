@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not LINT.is_file(), reason="import-linter is not
 def _lint(root: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run(
-        [str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        [str(LINT), str(root / "pyproject.toml"), "--no-cache"],
         cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
