@@ -10,7 +10,7 @@ otherwise run something else than intended).
 Which parameters an attack takes, and their defaults, are read from its function's signature
 through its :class:`~medhpc.attacks.spec.AttackSpec`; what values a parameter accepts is
 declared once, on its field here. A parameter added later is declared with
-:func:`medhpc.config.hashed_when_set`, so that existing configs keep their hashes.
+``param(check, added_later=True)``, so that existing configs keep their hashes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from medhpc.attacks.common import AttackResult
 from medhpc.attacks.registry import ATTACKS, get_attack
 from medhpc.attacks.spec import AttackSpec
-from medhpc.config import ConfigError, _Bad, nohash
+from medhpc.config import WHEN_SET, ConfigError, _Bad, nohash
 
 Check = Callable[[Any], str | None]
 
@@ -61,9 +61,17 @@ def _norm(value: Any) -> str | None:
     return None if value in ("linf", "l2") else "must be 'linf' or 'l2'"
 
 
-def param(check: Check) -> Any:
-    """A tunable attack parameter: None unless the attack takes it; ``check`` says what it accepts."""
-    return field(default=None, metadata={"check": check})
+def param(check: Check, *, added_later: bool = False) -> Any:
+    """A tunable attack parameter: None unless the attack takes it; ``check`` says what it accepts.
+
+    ``added_later=True`` for a parameter added after configs were hashed: it then enters the
+    hash only when set (:func:`medhpc.config.hashed_when_set`), so every existing attack
+    config, which leaves it None, keeps its hash and its outputs.
+    """
+    metadata: dict[str, Any] = {"check": check}
+    if added_later:
+        metadata["hash"] = WHEN_SET
+    return field(default=None, metadata=metadata)
 
 
 class AttackConfigError(ConfigError, _Bad):

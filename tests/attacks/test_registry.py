@@ -7,6 +7,7 @@ function's signature) and show that an attack is added by its module and one reg
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 
 from medhpc.attacks import registry
 from medhpc.attacks.common import AttackResult, begin, finish
-from medhpc.attacks.config import TUNABLE, AttackConfig, AttackConfigError, run_attack
+from medhpc.attacks.config import TUNABLE, AttackConfig, AttackConfigError, _count, param, run_attack
 from medhpc.attacks.robustness import masking_warnings
 from medhpc.attacks.spec import COMMON, RUNTIME, AttackSpec
 from medhpc.config import config_hash
@@ -95,3 +96,23 @@ def test_unknown_attack_lists_the_registered_ones() -> None:
         AttackConfig("deepfool")
     with pytest.raises(ValueError, match="unknown attack 'deepfool'"):
         registry.get_attack("deepfool")
+
+
+def test_a_parameter_added_later_keeps_every_existing_hash() -> None:
+    """What ``param(check, added_later=True)`` is for: AttackConfig grows a field, old hashes stay."""
+
+    @dataclass(frozen=True)
+    class Before:
+        attack: str
+        steps: int | None = param(_count)
+
+    @dataclass(frozen=True)
+    class After:
+        attack: str
+        steps: int | None = param(_count)
+        queries: int | None = param(_count, added_later=True)
+
+    assert config_hash(After("pgd", 5)) == config_hash(Before("pgd", 5))
+    assert config_hash(After("square", 5, queries=100)) != config_hash(Before("square", 5))
+    queries = next(f for f in fields(After) if f.name == "queries")
+    assert queries.metadata["check"](0) == "must be an integer >= 1"  # still a checked, tunable parameter
