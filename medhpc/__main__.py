@@ -1,4 +1,5 @@
-"""``python -m medhpc``: installation facts (``info``) and shard checks (``verify DIR``)."""
+"""``python -m medhpc``: installation facts (``info``), the node self-test (``selftest``) and shard
+checks (``verify DIR``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, compiled kernels, backends per op, GPUs")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    selftest = sub.add_parser(
+        "selftest",
+        help="check this node before a sweep: every op vs its reference, training, resume, attacks",
+        description="Run the self-test (see python -m medhpc.selftest --help); exits 1 on any failure.",
+    )
+    from medhpc.selftest.__main__ import add_arguments, run
+
+    add_arguments(selftest)
     verify = sub.add_parser(
         "verify",
         help="check every shard under DIR: truncated, altered, missing, unverified, leftover temporaries",
@@ -37,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         facts = collect()
         sys.stdout.write((json.dumps(facts, indent=2) if args.json else format_text(facts)) + "\n")
         return 0
+    if args.command == "selftest":
+        return run(args)
     if args.command == "verify":
         from medhpc.store import ShardError, verify_dir
 

@@ -393,16 +393,19 @@ def test_build_context_has_the_sources_and_none_of_this_machines_outputs() -> No
 
 
 def test_check_image_passes_here_exactly_when_the_cuda_kernels_were_built() -> None:
+    """check_image.py is the self-test with CUDA kernels required (the full CPU self-test runs in
+    tests/test_selftest.py; here only its kernel check, with and without the extension)."""
     from medhpc import _ext
     from medhpc.ops import OPS
 
     built_with_cuda = _ext.loaded() and all(_ext.has_kernel(op, "cuda") for op in OPS)
-    out = run(sys.executable, str(CHECK_IMAGE))
+    out = run(sys.executable, str(CHECK_IMAGE), "--only", "kernels")
     assert (out.returncode == 0) == built_with_cuda, out.stdout + out.stderr
-    if built_with_cuda:
-        assert f"medhpc {medhpc.__version__}" in out.stdout
+    assert f"medhpc {medhpc.__version__} self-test" in out.stdout
+    if not built_with_cuda:
+        assert "no kernel for cuda:" in out.stdout
     no_ext = subprocess.run(
-        [sys.executable, str(CHECK_IMAGE)], capture_output=True, text=True, timeout=120,
+        [sys.executable, str(CHECK_IMAGE), "--only", "kernels"], capture_output=True, text=True, timeout=120,
         env={**os.environ, "MEDHPC_DISABLE_EXT": "1"}, check=False,
     )  # fmt: skip
-    assert no_ext.returncode == 1 and "medhpc._C did not load" in no_ext.stderr, no_ext.stderr
+    assert no_ext.returncode == 1 and "medhpc._C did not load" in no_ext.stdout, no_ext.stdout + no_ext.stderr
