@@ -55,6 +55,22 @@ def test_opcheck(device: str) -> None:
         torch.library.opcheck(torch.ops.medhpc.spsa_reduce.default, args)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_takes_an_empty_batch(dtype: torch.dtype) -> None:
+    """A batch of no images gives empty probes and an empty estimate of the right shapes, as the
+    kernels do (the reference used to fail reshaping 0 elements to (0, 1, -1))."""
+    x = torch.rand(0, 3, 8, 8, dtype=dtype)
+    probes = reference.spsa_perturb(x, 0, 2, 0.1, 1, 0, 0.0, 1.0)
+    assert probes.shape == (0, 4, 3, 8, 8) and probes.dtype == dtype
+    grad = reference.spsa_reduce(torch.rand(0, 4, dtype=dtype), [3, 8, 8], 0, 0.1, 1, 0, 2)
+    assert grad.shape == (0, 3, 8, 8) and grad.dtype == dtype
+    if _ext.loaded():
+        kernel_probes = torch.ops.medhpc.spsa_perturb(x, 0, 2, 0.1, 1, 0, 0.0, 1.0)
+        kernel_grad = torch.ops.medhpc.spsa_reduce(torch.rand(0, 4, dtype=dtype), [3, 8, 8], 0, 0.1, 1, 0, 2)
+        assert (kernel_probes.shape, kernel_probes.dtype) == (probes.shape, probes.dtype)
+        assert (kernel_grad.shape, kernel_grad.dtype) == (grad.shape, grad.dtype)
+
+
 def test_rademacher_is_balanced_and_uncorrelated() -> None:
     v = reference.rademacher(4, 3 * 4096 + 100, 0, 32, seed=9, offset=0, dtype=torch.float64)
     assert set(v.unique().tolist()) == {-1.0, 1.0}
