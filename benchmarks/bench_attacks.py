@@ -68,8 +68,18 @@ APGD_STEPS = 10
 
 torch.set_num_threads(THREADS)
 
-if DEVICE == "cuda" and not torch.cuda.is_available():
-    pytest.skip("MEDHPC_BENCH_DEVICE=cuda but no CUDA device is visible", allow_module_level=True)
+# On CUDA every benchmark here is a GPU one: marked, so that `-m gpu` selects them, and reported
+# as skipped, with the reason, where no GPU is visible.
+pytestmark = (
+    [
+        pytest.mark.gpu,
+        pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="MEDHPC_BENCH_DEVICE=cuda but no CUDA device is visible"
+        ),
+    ]
+    if DEVICE == "cuda"
+    else []
+)
 
 
 def _sync() -> None:

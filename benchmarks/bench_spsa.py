@@ -34,10 +34,17 @@ DELTA = 0.01
 SHAPES = {"3x224": (3, 224, 224), "3x299": (3, 299, 299)}
 DEVICES = [
     pytest.param("cpu", id="cpu"),
+    # `gpu` so that `-m gpu` selects these rows; the skip (benchmarks/ is outside tests/, whose
+    # conftest.py skips gpu items) makes a run without a GPU report them skipped, with the reason.
     pytest.param(
         "cuda",
         id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="needs a CUDA device: run on the GPU machine (-m gpu)"
+            ),
+        ],
     ),
 ]
 

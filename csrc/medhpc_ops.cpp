@@ -35,4 +35,8 @@ TORCH_LIBRARY(medhpc, m) {
   // output: sum_i (L[b, 2i] - L[b, 2i+1]) / (2 delta total) * v[b, first+i], shaped (B, *image_shape).
   m.def("spsa_reduce(Tensor losses, int[] image_shape, int first, float delta, int seed, "
         "int offset, int total) -> Tensor");
+  // Test only (CPU): spsa_reduce computed by running the CUDA kernel's block, thread and
+  // shared-memory schedule serially on the host (csrc/common/spsa_reduce_schedule.h).
+  m.def("_spsa_reduce_schedule(Tensor losses, int[] image_shape, int first, float delta, "
+        "int seed, int offset, int total) -> Tensor");
 }

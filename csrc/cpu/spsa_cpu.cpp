@@ -14,6 +14,7 @@
 
 #include "common/checks.h"
 #include "common/rademacher.h"
+#include "common/spsa_reduce_schedule.h"
 
 namespace medhpc {
 namespace {
@@ -74,7 +75,7 @@ void spsa_reduce_kernel(const scalar_t* losses, scalar_t* grad, int64_t B, int64
                         int64_t first, int64_t count, double delta, uint64_t seed,
                         uint32_t offset, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t scale = acc_t(1) / (acc_t(2) * static_cast<acc_t>(delta) * static_cast<acc_t>(total));
+  const acc_t scale = spsa_reduce_scale<acc_t>(delta, total);
   const int64_t tiles = (D + kSpsaTile - 1) / kSpsaTile;
   at::parallel_for(0, B * tiles, 1, [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> signs(kSpsaTile), acc(kSpsaTile);

@@ -3,8 +3,10 @@
 // A warp owns one 4096-element tile of one direction: each lane draws its own 128-bit Philox
 // block and the warp writes 32 consecutive elements per step (coalesced), so the perturbed
 // copies go straight into the model's input buffer and directions are never stored. The
-// reduce regenerates the directions and keeps 32 accumulators per thread in registers; each
-// element's sum runs over directions in a fixed order (no atomics): bit-for-bit reproducible.
+// reduce regenerates the directions, each Philox block once (passed through shared memory to
+// the 4 threads that consume its 4 words), and keeps 32 accumulators per thread in registers;
+// each element's sum runs over directions in a fixed order (no atomics): bit-for-bit
+// reproducible, and equal to the CPU kernel's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -19,12 +21,12 @@
 
 #include "common/checks.h"
 #include "common/rademacher.h"
+#include "common/spsa_reduce_schedule.h"
 
 namespace medhpc {
 namespace {
 
 constexpr int kPerturbWarps = 8;  // directions per block of spsa_perturb
-constexpr int kReduceWarps = 4;   // one warp per 32-bit word of a lane's Philox block
 constexpr int64_t kMaxGridYZ = 65535;
 
 template <typename scalar_t>
@@ -54,31 +56,33 @@ __global__ void __launch_bounds__(kPerturbWarps * 32)
   }
 }
 
+// One block per (tile, image), kSpsaReduceThreads threads; the schedule (who draws which
+// Philox block, where it lives in shared memory, which elements a thread sums) is in
+// common/spsa_reduce_schedule.h, which the host emulation _spsa_reduce_schedule also runs.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kReduceWarps * 32)
+__global__ void __launch_bounds__(kSpsaReduceThreads)
     spsa_reduce_kernel(const scalar_t* __restrict__ losses, scalar_t* __restrict__ grad,
                        int64_t D, int64_t first, int64_t count, double delta, uint64_t seed,
                        uint32_t offset, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
+  __shared__ uint32_t words[kSpsaReduceBuffers][kSpsaReduceSlots];
   const int64_t tile = blockIdx.x, b = blockIdx.y;
-  const int word = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const acc_t scale = acc_t(1) / (acc_t(2) * static_cast<acc_t>(delta) * static_cast<acc_t>(total));
+  const int t = threadIdx.x;
+  const acc_t scale = spsa_reduce_scale<acc_t>(delta, total);
   acc_t acc[32];
 #pragma unroll
   for (int j = 0; j < 32; ++j) acc[j] = 0;
   const scalar_t* lb = losses + b * 2 * count;
-  for (int64_t i = 0; i < count; ++i) {
-    const acc_t c = (static_cast<acc_t>(lb[2 * i]) - static_cast<acc_t>(lb[2 * i + 1])) * scale;
-    const Philox4 blk = spsa_block(seed, offset, tile, lane, first + i, b);
-    const uint32_t w = word == 0 ? blk.x0 : (word == 1 ? blk.x1 : (word == 2 ? blk.x2 : blk.x3));
-#pragma unroll
-    for (int j = 0; j < 32; ++j) acc[j] += ((w >> j) & 1u) ? c : -c;
+  const int64_t groups = spsa_reduce_groups(count);
+  for (int64_t g = 0; g < groups; ++g) {
+    uint32_t* buf = words[g % kSpsaReduceBuffers];
+    const int n = spsa_reduce_group_size(g, count);
+    const int64_t i0 = g * kSpsaReduceGroup;
+    spsa_reduce_draw(buf, t, seed, offset, tile, b, first + i0, n);
+    __syncthreads();  // one per group: the buffers alternate (see the header)
+    spsa_reduce_accumulate(acc, buf, t, lb + 2 * i0, n, scale);
   }
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    const int64_t e = tile * kSpsaTile + (word * 32 + j) * kSpsaLanes + lane;
-    if (e < D) grad[b * D + e] = static_cast<scalar_t>(acc[j]);
-  }
+  spsa_reduce_store(grad + b * D, acc, t, tile, D);
 }
 
 void check_perturb_cuda(const at::Tensor& x, int64_t first, int64_t count, double delta,
@@ -149,7 +153,7 @@ at::Tensor spsa_reduce_cuda(const at::Tensor& losses_in, at::IntArrayRef image_s
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, losses.scalar_type(),
                                   "spsa_reduce_cuda", [&] {
                                     spsa_reduce_kernel<scalar_t>
-                                        <<<grid, kReduceWarps * 32, 0, stream>>>(
+                                        <<<grid, kSpsaReduceThreads, 0, stream>>>(
                                             losses.const_data_ptr<scalar_t>(),
                                             grad.mutable_data_ptr<scalar_t>(), D, first, count,
                                             delta, static_cast<uint64_t>(seed),

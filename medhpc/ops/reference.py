@@ -211,9 +211,9 @@ def spsa_perturb(
     ``out[b, 2i+1] = clip(x[b] - delta v[b, i])``, computed in float32 (float64 for float64).
     """
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    batch = x.shape[0]
-    flat = x.reshape(batch, 1, -1).to(acc)
-    v = rademacher(batch, flat.shape[-1], first, count, seed, offset, acc, x.device)
+    batch, numel = x.shape[0], x.shape[1:].numel()
+    flat = x.reshape(batch, 1, numel).to(acc)  # numel spelt out: -1 is ambiguous for an empty batch
+    v = rademacher(batch, numel, first, count, seed, offset, acc, x.device)
     plus = torch.clamp(flat + delta * v, clip_min, clip_max)
     minus = torch.clamp(flat - delta * v, clip_min, clip_max)
     out = torch.stack([plus, minus], dim=2).reshape(batch, 2 * count, *x.shape[1:])

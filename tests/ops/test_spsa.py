@@ -55,6 +55,85 @@ def test_opcheck(device: str) -> None:
         torch.library.opcheck(torch.ops.medhpc.spsa_reduce.default, args)
 
 
+def _schedule_cases(dtype: torch.dtype) -> list[tuple[object, ...]]:
+    """spsa_reduce arguments for the CUDA schedule: every count mod 4 (short last groups), one
+    to several groups (both shared buffers reused), ragged and sub-lane tiles, first > 0."""
+    g = torch.Generator().manual_seed(1)
+    cases: list[tuple[object, ...]] = []
+    for count, image, first in [
+        (1, [3, 40, 40], 0),  # 4800 elements: a full and a ragged tile
+        (2, [1, 7, 9], 3),  # 63 elements: one tile, two lanes' blocks partly used
+        (3, [10], 0),  # fewer elements than lanes
+        (4, [2, 20, 20], 2),
+        (5, [3, 40, 40], 1),
+        (7, [4097], 0),  # one element in the second tile
+        (9, [2, 64, 64], 11),  # 8192 elements: two full tiles; three groups
+        (14, [5, 30], 0),
+    ]:
+        losses = torch.randn(3, 2 * count, generator=g, dtype=torch.float64).to(dtype)
+        cases.append((losses, image, first, 0.05, 2**40 + 3, 17, 2 * count + 1))
+    return cases
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_reduce_schedule_matches_cpu_kernel_bit_for_bit(dtype: torch.dtype) -> None:
+    """The CUDA spsa_reduce schedule (each Philox block drawn once, shared through shared memory,
+    directions summed in ascending order), run serially on the host by _spsa_reduce_schedule,
+    gives the CPU kernel's numbers bit for bit: the same sums in the same order."""
+    cases = _schedule_cases(dtype) + [tuple(a) for a in sample_inputs("cpu", dtype)["spsa_reduce"]]
+    for args in cases:
+        got = torch.ops.medhpc._spsa_reduce_schedule(*args)
+        want = torch.ops.medhpc.spsa_reduce(*args)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got, want), args[1:]
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_reduce_schedule_matches_reference_exactly(dtype: torch.dtype) -> None:
+    """With losses that are small integers and 2 delta total a power of two every partial sum is
+    exact, so any summation order gives the same bits: the schedule equals the reference exactly,
+    also for the half and bfloat16 losses only the CUDA kernel takes (accumulated in float)."""
+    g = torch.Generator().manual_seed(2)
+    for count, image, first in [(1, [3, 40, 40], 0), (6, [1, 7, 9], 5), (11, [2, 64, 64], 0)]:
+        losses = torch.randint(-8, 9, (2, 2 * count), generator=g).to(dtype)
+        args = (losses, image, first, 0.5, 99, 4, 16)
+        got = torch.ops.medhpc._spsa_reduce_schedule(*args)
+        want = reference.spsa_reduce(*args)
+        assert got.dtype == want.dtype == dtype
+        assert torch.equal(got, want), args[1:]
+
+
+@needs_ext
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_reduce_is_its_schedule_bit_for_bit(dtype: torch.dtype) -> None:
+    """On the GPU: the CUDA kernel gives exactly what its host emulation gives (and so, for
+    float32/float64, what the CPU kernel gives)."""
+    for args in _schedule_cases(dtype):
+        losses, *rest = args
+        assert isinstance(losses, torch.Tensor)
+        got = torch.ops.medhpc.spsa_reduce(losses.cuda(), *rest).cpu()
+        assert torch.equal(got, torch.ops.medhpc._spsa_reduce_schedule(*args)), rest
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_takes_an_empty_batch(dtype: torch.dtype) -> None:
+    """A batch of no images gives empty probes and an empty estimate of the right shapes, as the
+    kernels do (the reference used to fail reshaping 0 elements to (0, 1, -1))."""
+    x = torch.rand(0, 3, 8, 8, dtype=dtype)
+    probes = reference.spsa_perturb(x, 0, 2, 0.1, 1, 0, 0.0, 1.0)
+    assert probes.shape == (0, 4, 3, 8, 8) and probes.dtype == dtype
+    grad = reference.spsa_reduce(torch.rand(0, 4, dtype=dtype), [3, 8, 8], 0, 0.1, 1, 0, 2)
+    assert grad.shape == (0, 3, 8, 8) and grad.dtype == dtype
+    if _ext.loaded():
+        kernel_probes = torch.ops.medhpc.spsa_perturb(x, 0, 2, 0.1, 1, 0, 0.0, 1.0)
+        kernel_grad = torch.ops.medhpc.spsa_reduce(torch.rand(0, 4, dtype=dtype), [3, 8, 8], 0, 0.1, 1, 0, 2)
+        assert (kernel_probes.shape, kernel_probes.dtype) == (probes.shape, probes.dtype)
+        assert (kernel_grad.shape, kernel_grad.dtype) == (grad.shape, grad.dtype)
+
+
 def test_rademacher_is_balanced_and_uncorrelated() -> None:
     v = reference.rademacher(4, 3 * 4096 + 100, 0, 32, seed=9, offset=0, dtype=torch.float64)
     assert set(v.unique().tolist()) == {-1.0, 1.0}
