@@ -104,7 +104,8 @@ void spsa_perturb_into(const at::Tensor& x_in, int64_t first, int64_t count, dou
   const at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
   if (out.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spsa_perturb_cpu", [&] {
+  // Half and bfloat16 as on CUDA: computed in float (opmath), rounded once.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spsa_perturb_cpu", [&] {
     spsa_perturb_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                                   B, D, first, count, delta, static_cast<uint64_t>(seed),
                                   static_cast<uint32_t>(offset), clip_min, clip_max);
@@ -116,8 +117,8 @@ void check_perturb_cpu(const at::Tensor& x, int64_t first, int64_t count, double
   check_spsa_perturb_inputs(x, delta, clip_min, clip_max);
   const int64_t B = x.size(0), D = B > 0 ? x.numel() / B : 0;
   check_spsa_stream("spsa_perturb", first, count, B, D, seed, offset);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "spsa_perturb on CPU takes float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "spsa_perturb takes a floating-point x, got ", x.scalar_type());
 }
 
 at::Tensor spsa_perturb_cpu(const at::Tensor& x, int64_t first, int64_t count, double delta,
@@ -145,11 +146,12 @@ at::Tensor spsa_reduce_cpu(const at::Tensor& losses_in, at::IntArrayRef image_sh
   const int64_t B = losses.size(0), count = losses.size(1) / 2;
   const int64_t D = c10::multiply_integers(image_shape);
   check_spsa_stream("spsa_reduce", first, count, B, D, seed, offset);
-  TORCH_CHECK(losses.scalar_type() == at::kFloat || losses.scalar_type() == at::kDouble,
-              "spsa_reduce on CPU takes float32 or float64 losses, got ", losses.scalar_type());
+  TORCH_CHECK(at::isFloatingType(losses.scalar_type()),
+              "spsa_reduce takes floating-point losses, got ", losses.scalar_type());
   at::Tensor grad = at::empty(spsa_grad_shape(B, image_shape), losses.options());
   if (grad.numel() == 0) return grad;
-  AT_DISPATCH_FLOATING_TYPES(losses.scalar_type(), "spsa_reduce_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, losses.scalar_type(), "spsa_reduce_cpu",
+                                  [&] {
     spsa_reduce_kernel<scalar_t>(losses.const_data_ptr<scalar_t>(),
                                  grad.mutable_data_ptr<scalar_t>(), B, D, first, count, delta,
                                  static_cast<uint64_t>(seed), static_cast<uint32_t>(offset), total);
