@@ -17,7 +17,7 @@ export MAX_JOBS ?= 2
 
 EXT_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: setup check demo test bench clean
+.PHONY: setup check demo test selftest bench clean
 
 $(VENV)/.deps: requirements-pinned.txt requirements-refs.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ check: setup
 
 test: check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The node self-test: on the CPU at small sizes; `make selftest SELFTEST_ARGS=--gpu` on a GPU node.
+SELFTEST_ARGS ?=
+selftest: setup
+	$(PY) -m medhpc selftest $(SELFTEST_ARGS)
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
