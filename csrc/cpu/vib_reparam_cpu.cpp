@@ -1,8 +1,9 @@
 // CPU kernels of medhpc::vib_reparam and medhpc::_vib_reparam_backward: vectorised
-// (cpu/vib_reparam_kernel.h), threads over noise rows through at::parallel_for. The AVX2 + FMA
-// copy (vib_reparam_cpu_avx2.cpp) runs where the CPU has them, the DEFAULT copy elsewhere or
-// under MEDHPC_CPU_VEC=default. Either gives bit-identical results run to run and for any
-// thread count; the two copies agree with each other and with the reference within rounding.
+// (cpu/vib_reparam_kernel.h), threads over noise rows through at::parallel_for. The widest copy
+// the CPU runs is used: AVX-512 (vib_reparam_cpu_avx512.cpp), AVX2 + FMA
+// (vib_reparam_cpu_avx2.cpp) or the DEFAULT one here; MEDHPC_CPU_VEC=avx2 or =default caps it.
+// Each gives bit-identical results run to run and for any thread count; the copies agree with
+// each other and with the reference within rounding (Sleef vs std:: in the last ulp).
 //
 // Also two test-only ops: _vib_reparam_cuda_schedule runs the CUDA kernels' per-thread bodies
 // (common/vib_schedule.h) serially on the CPU, so that a CPU test checks the CUDA schedule, and
@@ -25,33 +26,58 @@
 namespace medhpc {
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define MEDHPC_HAVE_AVX2_COPY 1
-namespace vec_avx2 {
-void vib_forward(const at::Tensor& mu, const at::Tensor& a, at::Tensor& z, at::Tensor& kl,
-                 const VibShape& sh, uint64_t seed, uint64_t offset, bool relu, bool kl_mean);
-void vib_backward(const at::Tensor& gz, const at::Tensor& gkl, const at::Tensor& mu,
-                  const at::Tensor& a, at::Tensor& gmu, at::Tensor& ga, const VibShape& sh,
-                  uint64_t seed, uint64_t offset, bool relu, bool kl_mean);
-void vib_philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t count,
-                      uint32_t* w0, uint32_t* w1);
-}  // namespace vec_avx2
+#define MEDHPC_HAVE_X86_COPIES 1
+#define MEDHPC_DECLARE_COPY(ns)                                                                  \
+  namespace ns {                                                                                 \
+  void vib_forward(const at::Tensor& mu, const at::Tensor& a, at::Tensor& z, at::Tensor& kl,     \
+                   const VibShape& sh, uint64_t seed, uint64_t offset, bool relu, bool kl_mean); \
+  void vib_backward(const at::Tensor& gz, const at::Tensor& gkl, const at::Tensor& mu,           \
+                    const at::Tensor& a, at::Tensor& gmu, at::Tensor& ga, const VibShape& sh,    \
+                    uint64_t seed, uint64_t offset, bool relu, bool kl_mean);                    \
+  void vib_philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t count,           \
+                        uint32_t* w0, uint32_t* w1);                                             \
+  }
+MEDHPC_DECLARE_COPY(vec_avx2)
+MEDHPC_DECLARE_COPY(vec_avx512)
+#undef MEDHPC_DECLARE_COPY
 #endif
 
 namespace {
 
-bool use_avx2() {
-#ifdef MEDHPC_HAVE_AVX2_COPY
-  static const bool yes = [] {
+enum class VecCopy { kDefault, kAvx2, kAvx512 };
+
+// The widest copy the CPU runs; MEDHPC_CPU_VEC=default|avx2 caps it (to test the others).
+VecCopy vec_copy() {
+#ifdef MEDHPC_HAVE_X86_COPIES
+  static const VecCopy copy = [] {
     const char* env = std::getenv("MEDHPC_CPU_VEC");
-    if (env != nullptr && std::strcmp(env, "default") == 0) return false;
+    const bool cap_default = env != nullptr && std::strcmp(env, "default") == 0;
+    const bool cap_avx2 = env != nullptr && std::strcmp(env, "avx2") == 0;
     __builtin_cpu_init();  // libgcc's CPU model may not be filled in yet inside a dlopen'ed library
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vl");
+    if (cap_default || !avx2) return VecCopy::kDefault;
+    if (cap_avx2 || !avx512) return VecCopy::kAvx2;
+    return VecCopy::kAvx512;
   }();
-  return yes;
+  return copy;
 #else
-  return false;
+  return VecCopy::kDefault;
 #endif
 }
+
+#ifdef MEDHPC_HAVE_X86_COPIES
+#define MEDHPC_CALL_COPY(fn, ...)                                 \
+  switch (vec_copy()) {                                           \
+    case VecCopy::kAvx512: vec_avx512::fn(__VA_ARGS__); break;    \
+    case VecCopy::kAvx2: vec_avx2::fn(__VA_ARGS__); break;        \
+    default: vec_default::fn(__VA_ARGS__); break;                 \
+  }
+#else
+#define MEDHPC_CALL_COPY(fn, ...) vec_default::fn(__VA_ARGS__);
+#endif
 
 void check_cpu_dtype(const char* op, const at::Tensor& mu) {
   TORCH_CHECK(mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble, op,
@@ -72,13 +98,7 @@ std::tuple<at::Tensor, at::Tensor> vib_reparam_cpu(const at::Tensor& mu_in, cons
   at::Tensor kl = at::empty({sh.B}, mu.options());
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
-#ifdef MEDHPC_HAVE_AVX2_COPY
-  if (use_avx2()) {
-    vec_avx2::vib_forward(mu, a, z, kl, sh, s, o, relu, kl_mean);
-    return {z, kl};
-  }
-#endif
-  vec_default::vib_forward(mu, a, z, kl, sh, s, o, relu, kl_mean);
+  MEDHPC_CALL_COPY(vib_forward, mu, a, z, kl, sh, s, o, relu, kl_mean)
   return {z, kl};
 }
 
@@ -98,13 +118,7 @@ std::tuple<at::Tensor, at::Tensor> vib_reparam_backward_cpu(
   at::Tensor grad_a = at::empty_like(a);
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
-#ifdef MEDHPC_HAVE_AVX2_COPY
-  if (use_avx2()) {
-    vec_avx2::vib_backward(grad_z, grad_kl, mu, a, grad_mu, grad_a, sh, s, o, relu, kl_mean);
-    return {grad_mu, grad_a};
-  }
-#endif
-  vec_default::vib_backward(grad_z, grad_kl, mu, a, grad_mu, grad_a, sh, s, o, relu, kl_mean);
+  MEDHPC_CALL_COPY(vib_backward, grad_z, grad_kl, mu, a, grad_mu, grad_a, sh, s, o, relu, kl_mean)
   return {grad_mu, grad_a};
 }
 
@@ -165,15 +179,7 @@ at::Tensor vib_philox_words_cpu(int64_t first, int64_t count, int64_t seed, int6
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
   const auto f = static_cast<uint64_t>(first);
-#ifdef MEDHPC_HAVE_AVX2_COPY
-  if (use_avx2()) {
-    vec_avx2::vib_philox_words(s, o, f, count, w0.data(), w1.data());
-  } else {
-    vec_default::vib_philox_words(s, o, f, count, w0.data(), w1.data());
-  }
-#else
-  vec_default::vib_philox_words(s, o, f, count, w0.data(), w1.data());
-#endif
+  MEDHPC_CALL_COPY(vib_philox_words, s, o, f, count, w0.data(), w1.data())
   at::Tensor out = at::empty({count, 4}, at::TensorOptions().dtype(at::kLong));
   int64_t* p = out.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i) {

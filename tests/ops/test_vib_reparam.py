@@ -6,6 +6,8 @@ determinism, non-contiguous inputs and error messages, on CPU and (marked gpu) o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -426,3 +428,35 @@ def test_float64_stays_float64_and_integers_are_refused() -> None:
     assert z.dtype == torch.float64 and kl.dtype == torch.float64
     with pytest.raises(TypeError, match="floating-point"):
         vib_reparam(mu.long(), mu.long(), 1, seed=0)
+
+
+@needs_ext
+@pytest.mark.parametrize("copy", ["default", "avx2"])
+def test_cpu_kernel_copies_agree_with_the_widest_one(copy: str, tmp_path: Path) -> None:
+    """The DEFAULT, AVX2 and AVX-512 copies of the CPU kernel (MEDHPC_CPU_VEC caps the choice)
+    give the same numbers within rounding: Sleef and std:: differ only in the last ulp."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, medhpc.ops\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "mu = torch.randn(9, 37, generator=g); a = torch.randn(9, 37, generator=g) * 3\n"
+        "z, kl = torch.ops.medhpc.vib_reparam(mu, a, 3, 5, 2, True, False, 2)\n"
+        "gz, gkl = torch.ones_like(z), torch.ones_like(kl)\n"
+        "gm, ga = torch.ops.medhpc._vib_reparam_backward(gz, gkl, mu, a, 5, 2, True, False, 2)\n"
+        "torch.save([z, kl, gm, ga], {out!r})\n"
+    )
+    outs = []
+    for env_copy in (copy, None):
+        out = str(tmp_path / f"{env_copy}.pt")
+        env = {k: v for k, v in os.environ.items() if k != "MEDHPC_CPU_VEC"}
+        if env_copy is not None:
+            env["MEDHPC_CPU_VEC"] = env_copy
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        subprocess.run([sys.executable, "-c", script.format(out=out)], check=True, env=env, cwd=root)
+        outs.append(torch.load(out))
+    for x, y in zip(*outs, strict=True):
+        torch.testing.assert_close(x, y, **TOL[torch.float32])
