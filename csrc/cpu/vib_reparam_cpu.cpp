@@ -8,6 +8,11 @@
 // Also two test-only ops: _vib_reparam_cuda_schedule runs the CUDA kernels' per-thread bodies
 // (common/vib_schedule.h) serially on the CPU, so that a CPU test checks the CUDA schedule, and
 // _vib_philox_words returns the Philox words the kernels draw, for a bit-exact check.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
 #define CPU_CAPABILITY DEFAULT
 #define MEDHPC_VEC_NS vec_default
 #include "cpu/vib_reparam_kernel.h"
@@ -20,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 
@@ -27,15 +33,18 @@ namespace medhpc {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MEDHPC_HAVE_X86_COPIES 1
-#define MEDHPC_DECLARE_COPY(ns)                                                                  \
-  namespace ns {                                                                                 \
-  void vib_forward(const at::Tensor& mu, const at::Tensor& a, at::Tensor& z, at::Tensor& kl,     \
-                   const VibShape& sh, uint64_t seed, uint64_t offset, bool relu, bool kl_mean); \
-  void vib_backward(const at::Tensor& gz, const at::Tensor& gkl, const at::Tensor& mu,           \
-                    const at::Tensor& a, at::Tensor& gmu, at::Tensor& ga, const VibShape& sh,    \
-                    uint64_t seed, uint64_t offset, bool relu, bool kl_mean);                    \
-  void vib_philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t count,           \
-                        uint32_t* w0, uint32_t* w1);                                             \
+#define MEDHPC_DECLARE_COPY(ns)                                                                \
+  namespace ns {                                                                               \
+  template <typename T>                                                                        \
+  void vib_forward_rows(const T* mu, const T* a, T* z, T* kl, const VibShape& sh,              \
+                        uint64_t seed, uint64_t offset, bool relu, bool kl_mean, int64_t g0,   \
+                        int64_t g1);                                                           \
+  template <typename T>                                                                        \
+  void vib_backward_rows(const T* gz, const T* gkl, const T* mu, const T* a, T* gmu, T* ga,    \
+                         const VibShape& sh, uint64_t seed, uint64_t offset, bool relu,        \
+                         bool kl_mean, int64_t g0, int64_t g1);                                \
+  void vib_philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t count,         \
+                        uint32_t* w0, uint32_t* w1);                                           \
   }
 MEDHPC_DECLARE_COPY(vec_avx2)
 MEDHPC_DECLARE_COPY(vec_avx512)
@@ -98,7 +107,16 @@ std::tuple<at::Tensor, at::Tensor> vib_reparam_cpu(const at::Tensor& mu_in, cons
   at::Tensor kl = at::empty({sh.B}, mu.options());
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
-  MEDHPC_CALL_COPY(vib_forward, mu, a, z, kl, sh, s, o, relu, kl_mean)
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vib_reparam_cpu", [&] {
+    const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
+    const scalar_t* a_p = a.const_data_ptr<scalar_t>();
+    scalar_t* z_p = z.mutable_data_ptr<scalar_t>();
+    scalar_t* kl_p = kl.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, sh.G, 1, [&](int64_t g0, int64_t g1) {
+      MEDHPC_CALL_COPY(vib_forward_rows<scalar_t>, mu_p, a_p, z_p, kl_p, sh, s, o, relu, kl_mean,
+                       g0, g1)
+    });
+  });
   return {z, kl};
 }
 
@@ -118,7 +136,18 @@ std::tuple<at::Tensor, at::Tensor> vib_reparam_backward_cpu(
   at::Tensor grad_a = at::empty_like(a);
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
-  MEDHPC_CALL_COPY(vib_backward, grad_z, grad_kl, mu, a, grad_mu, grad_a, sh, s, o, relu, kl_mean)
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vib_reparam_backward_cpu", [&] {
+    const scalar_t* gz_p = grad_z.const_data_ptr<scalar_t>();
+    const scalar_t* gkl_p = grad_kl.const_data_ptr<scalar_t>();
+    const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
+    const scalar_t* a_p = a.const_data_ptr<scalar_t>();
+    scalar_t* gmu_p = grad_mu.mutable_data_ptr<scalar_t>();
+    scalar_t* ga_p = grad_a.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, sh.G, 1, [&](int64_t g0, int64_t g1) {
+      MEDHPC_CALL_COPY(vib_backward_rows<scalar_t>, gz_p, gkl_p, mu_p, a_p, gmu_p, ga_p, sh, s, o,
+                       relu, kl_mean, g0, g1)
+    });
+  });
   return {grad_mu, grad_a};
 }
 

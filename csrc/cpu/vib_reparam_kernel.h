@@ -4,6 +4,12 @@
 // picks one at run time.
 // Each includer defines MEDHPC_VEC_NS (the namespace of its copy) first.
 //
+// The AVX copies are compiled under a target pragma, so anything they share with the other
+// files (an inline function or template instantiation the linker keeps one copy of) could carry
+// AVX-512 instructions into the DEFAULT path of a CPU without them. Hence this header uses no
+// ATen tensors, threads, checks or std containers: raw pointers and a local Buffer only, with
+// the thread split and the argument checks in vib_reparam_cpu.cpp (default target).
+//
 // Schedule: threads take whole noise rows g (the rows of the batch that share one noise row
 // come along), so no two threads write one output; per noise row and sample the normals of the
 // K contiguous stream positions are drawn in one go, one Philox block, one log and one sqrt per
@@ -19,10 +25,6 @@
 #error "define MEDHPC_VEC_NS before including cpu/vib_reparam_kernel.h"
 #endif
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
 // ATen's vector headers carry CUDA-style `#pragma unroll` that g++ does not know, and (in the
 // AVX2 copy, whose ISA comes from a target pragma) a bfloat16 lambda g++ flags for its vector
 // return ABI; neither concerns this file, so those two warnings are silenced for the include.
@@ -35,9 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <tuple>
 #include <type_traits>
-#include <vector>
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
@@ -52,6 +52,21 @@ namespace medhpc {
 namespace MEDHPC_VEC_NS {
 
 using at::vec::Vectorized;
+
+// An owning array in this copy's namespace (std::vector's out-of-line members would be shared
+// with the other files; see the top of this file).
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(int64_t n) : p_(new T[n > 0 ? n : 1]) {}
+  ~Buffer() { delete[] p_; }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* data() const { return p_; }
+
+ private:
+  T* p_;
+};
 
 constexpr int64_t kLanes = 64;  // Philox blocks per SIMD batch
 
@@ -165,9 +180,11 @@ inline void philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t
       k0 += kW0;
       k1 += kW1;
     }
-    const int64_t n = std::min(kLanes, count - i0);
-    std::copy(c0, c0 + n, w0 + i0);
-    std::copy(c1, c1 + n, w1 + i0);
+    const int64_t n = count - i0 < kLanes ? count - i0 : kLanes;
+    for (int64_t l = 0; l < n; ++l) {
+      w0[i0 + l] = c0[l];
+      w1[i0 + l] = c1[l];
+    }
   }
 }
 #endif
@@ -210,17 +227,17 @@ void polar(const Vectorized<T>& radius, const Vectorized<T>& theta, Vectorized<T
 // Scratch of one thread for normals_range over at most `positions` positions.
 template <typename T>
 struct NormalScratch {
-  std::vector<uint32_t> w0, w1;
-  std::vector<T> u1, u2, normals;
-  explicit NormalScratch(int64_t positions) {
-    const int64_t blocks = positions / 2 + 2;
-    const int64_t padded = (blocks + kLanes - 1) / kLanes * kLanes;
-    w0.resize(padded);
-    w1.resize(padded);
-    u1.resize(padded);
-    u2.resize(padded);
-    normals.resize(2 * padded);
+  static int64_t padded(int64_t positions) {
+    return (positions / 2 + 2 + kLanes - 1) / kLanes * kLanes;
   }
+  Buffer<uint32_t> w0, w1;
+  Buffer<T> u1, u2, normals;
+  explicit NormalScratch(int64_t positions)
+      : w0(padded(positions)),
+        w1(padded(positions)),
+        u1(padded(positions)),
+        u2(padded(positions)),
+        normals(2 * padded(positions)) {}
 };
 
 // u = (word + 0.5) * 2^-32 for n words (arrays padded to kLanes), as box_muller computes it.
@@ -272,7 +289,7 @@ const T* normals_range(uint64_t seed, uint64_t offset, int64_t begin, int64_t en
   uniforms<T>(ws.w1.data(), blocks, ws.u2.data());
   T* out = ws.normals.data();
   for (int64_t i = 0; i < blocks; i += Vec::size()) {
-    const int count = static_cast<int>(std::min<int64_t>(Vec::size(), blocks - i));
+    const int count = static_cast<int>((blocks - i < Vec::size() ? blocks - i : Vec::size()));
     const Vec u1 = Vec::loadu(ws.u1.data() + i, count);
     const Vec u2 = Vec::loadu(ws.u2.data() + i, count);
     const Vec radius = (Vec(T(-2)) * u1.log()).sqrt();
@@ -281,7 +298,7 @@ const T* normals_range(uint64_t seed, uint64_t offset, int64_t begin, int64_t en
     polar<T>(radius, theta, c, s);
     const auto both = at::vec::interleave2<T>(c, s);  // c0 s0 c1 s1 ... in stream order
     const int n = 2 * count;
-    std::get<0>(both).store(out + 2 * i, std::min<int>(n, Vec::size()));
+    std::get<0>(both).store(out + 2 * i, n < Vec::size() ? n : Vec::size());
     if (n > Vec::size()) std::get<1>(both).store(out + 2 * i + Vec::size(), n - Vec::size());
   }
   return out + (begin - 2 * first);
@@ -290,7 +307,7 @@ const T* normals_range(uint64_t seed, uint64_t offset, int64_t begin, int64_t en
 // vib_sigma and vib_dsigma_da (common/vib_math.h) on a vector: the same branches as blends, so
 // a NaN `a` gives a NaN sigma and slope here too (a <= 0 and x > 20 are false for NaN).
 template <typename T>
-Vectorized<T> sigma_vec(Vectorized<T> a, bool relu) {
+Vectorized<T> sigma_vec(const Vectorized<T>& a, bool relu) {
   using Vec = Vectorized<T>;
   const Vec zero(T(0));
   const Vec r = relu ? Vec::blendv(a, zero, a <= zero) : a;
@@ -299,7 +316,7 @@ Vectorized<T> sigma_vec(Vectorized<T> a, bool relu) {
 }
 
 template <typename T>
-Vectorized<T> dsigma_vec(Vectorized<T> a, bool relu) {
+Vectorized<T> dsigma_vec(const Vectorized<T>& a, bool relu) {
   using Vec = Vectorized<T>;
   const Vec zero(T(0)), one(T(1));
   const Vec x = a - Vec(T(5));
@@ -307,27 +324,28 @@ Vectorized<T> dsigma_vec(Vectorized<T> a, bool relu) {
   return relu ? Vec::blendv(slope, zero, a <= zero) : slope;
 }
 
+// Forward over noise rows [g0, g1) (and the batch rows they feed).
 template <typename T>
-void vib_forward_kernel(const T* mu, const T* a, T* z, T* kl, const VibShape sh, uint64_t seed,
-                        uint64_t offset, bool relu, bool kl_mean) {
+void vib_forward_rows(const T* mu, const T* a, T* z, T* kl, const VibShape& sh, uint64_t seed,
+                      uint64_t offset, bool relu, bool kl_mean, int64_t g0, int64_t g1) {
   using Vec = Vectorized<T>;
   const int64_t K = sh.K, GK = sh.G * sh.K;
-  at::parallel_for(0, sh.G, 1, [&](int64_t g0, int64_t g1) {
+  {
     NormalScratch<T> ws(K + 2);
-    std::vector<T> sigma(sh.share * K), term(K);
+    Buffer<T> sigma(sh.share * K), term(K);
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t rb = vib_group_begin(sh, g), re = vib_group_end(sh, g);
       for (int64_t b = rb; b < re; ++b) {
         T* sg_row = sigma.data() + (b - rb) * K;
         for (int64_t j = 0; j < K; j += Vec::size()) {
-          const int count = static_cast<int>(std::min<int64_t>(Vec::size(), K - j));
+          const int count = static_cast<int>((K - j < Vec::size() ? K - j : Vec::size()));
           const Vec m = Vec::loadu(mu + b * K + j, count);
           const Vec sg = sigma_vec<T>(Vec::loadu(a + b * K + j, count), relu);
           sg.store(sg_row + j, count);
           (Vec(T(0.5)) * (m * m + sg * sg - Vec(T(1))) - sg.log()).store(term.data() + j, count);
         }
         T kl_sum = 0;  // in j order, whatever the threads: reproducible
-        for (int64_t j = 0; j < K; ++j) kl_sum += term[j];
+        for (int64_t j = 0; j < K; ++j) kl_sum += term.data()[j];
         kl[b] = kl_mean ? kl_sum / T(K) : kl_sum;
       }
       for (int64_t s = 0; s < sh.S; ++s) {
@@ -338,7 +356,7 @@ void vib_forward_kernel(const T* mu, const T* a, T* z, T* kl, const VibShape sh,
           const T* sg_row = sigma.data() + (b - rb) * K;
           T* z_row = z + (s * sh.B + b) * K;
           for (int64_t j = 0; j < K; j += Vec::size()) {
-            const int count = static_cast<int>(std::min<int64_t>(Vec::size(), K - j));
+            const int count = static_cast<int>((K - j < Vec::size() ? K - j : Vec::size()));
             const Vec zv = Vec::loadu(m_row + j, count) +
                            Vec::loadu(sg_row + j, count) * Vec::loadu(eps + j, count);
             zv.store(z_row + j, count);
@@ -346,22 +364,25 @@ void vib_forward_kernel(const T* mu, const T* a, T* z, T* kl, const VibShape sh,
         }
       }
     }
-  });
+  }
 }
 
+// Backward over noise rows [g0, g1) (and the batch rows they feed).
 template <typename T>
-void vib_backward_kernel(const T* gz, const T* gkl, const T* mu, const T* a, T* gmu, T* ga,
-                         const VibShape sh, uint64_t seed, uint64_t offset, bool relu,
-                         bool kl_mean) {
+void vib_backward_rows(const T* gz, const T* gkl, const T* mu, const T* a, T* gmu, T* ga,
+                       const VibShape& sh, uint64_t seed, uint64_t offset, bool relu,
+                       bool kl_mean, int64_t g0, int64_t g1) {
   using Vec = Vectorized<T>;
   const int64_t K = sh.K, GK = sh.G * sh.K;
-  at::parallel_for(0, sh.G, 1, [&](int64_t g0, int64_t g1) {
+  {
     NormalScratch<T> ws(K + 2);
-    std::vector<T> sum_g(sh.share * K), sum_ge(sh.share * K);
+    Buffer<T> sum_g(sh.share * K), sum_ge(sh.share * K);
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t rb = vib_group_begin(sh, g), re = vib_group_end(sh, g);
-      std::fill(sum_g.begin(), sum_g.end(), T(0));
-      std::fill(sum_ge.begin(), sum_ge.end(), T(0));
+      for (int64_t i = 0; i < sh.share * K; ++i) {
+        sum_g.data()[i] = T(0);
+        sum_ge.data()[i] = T(0);
+      }
       for (int64_t s = 0; s < sh.S; ++s) {
         const int64_t n0 = s * GK + g * K;
         const T* eps = normals_range<T>(seed, offset, n0, n0 + K, ws);
@@ -370,7 +391,7 @@ void vib_backward_kernel(const T* gz, const T* gkl, const T* mu, const T* a, T* 
           T* sg = sum_g.data() + (b - rb) * K;
           T* sge = sum_ge.data() + (b - rb) * K;
           for (int64_t j = 0; j < K; j += Vec::size()) {
-            const int count = static_cast<int>(std::min<int64_t>(Vec::size(), K - j));
+            const int count = static_cast<int>((K - j < Vec::size() ? K - j : Vec::size()));
             const Vec gv = Vec::loadu(g_row + j, count);
             (Vec::loadu(sg + j, count) + gv).store(sg + j, count);
             (Vec::loadu(sge + j, count) + gv * Vec::loadu(eps + j, count))
@@ -383,7 +404,7 @@ void vib_backward_kernel(const T* gz, const T* gkl, const T* mu, const T* a, T* 
         const T* sg = sum_g.data() + (b - rb) * K;
         const T* sge = sum_ge.data() + (b - rb) * K;
         for (int64_t j = 0; j < K; j += Vec::size()) {
-          const int count = static_cast<int>(std::min<int64_t>(Vec::size(), K - j));
+          const int count = static_cast<int>((K - j < Vec::size() ? K - j : Vec::size()));
           const Vec m = Vec::loadu(mu + b * K + j, count);
           const Vec av = Vec::loadu(a + b * K + j, count);
           const Vec sgm = sigma_vec<T>(av, relu);
@@ -393,41 +414,34 @@ void vib_backward_kernel(const T* gz, const T* gkl, const T* mu, const T* a, T* 
         }
       }
     }
-  });
+  }
 }
 
-// Entry points of this copy (not inline: vib_reparam_cpu.cpp calls the AVX2 copy by
-// declaration): contiguous float or double tensors, outputs preallocated.
-void vib_forward(const at::Tensor& mu, const at::Tensor& a, at::Tensor& z, at::Tensor& kl,
-                 const VibShape& sh, uint64_t seed, uint64_t offset, bool relu, bool kl_mean) {
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vib_reparam_cpu", [&] {
-    vib_forward_kernel<scalar_t>(mu.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                                 z.mutable_data_ptr<scalar_t>(), kl.mutable_data_ptr<scalar_t>(),
-                                 sh, seed, offset, relu, kl_mean);
-  });
-}
-
-void vib_backward(const at::Tensor& gz, const at::Tensor& gkl, const at::Tensor& mu,
-                  const at::Tensor& a, at::Tensor& gmu, at::Tensor& ga, const VibShape& sh,
-                  uint64_t seed, uint64_t offset, bool relu, bool kl_mean) {
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vib_reparam_backward_cpu", [&] {
-    vib_backward_kernel<scalar_t>(
-        gz.const_data_ptr<scalar_t>(), gkl.const_data_ptr<scalar_t>(),
-        mu.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-        gmu.mutable_data_ptr<scalar_t>(), ga.mutable_data_ptr<scalar_t>(), sh, seed, offset,
-        relu, kl_mean);
-  });
-}
+// Entry points of this copy (explicit instantiations, declared in vib_reparam_cpu.cpp, which
+// splits the rows over threads): contiguous float or double arrays, outputs preallocated.
+template void vib_forward_rows<float>(const float*, const float*, float*, float*, const VibShape&,
+                                      uint64_t, uint64_t, bool, bool, int64_t, int64_t);
+template void vib_forward_rows<double>(const double*, const double*, double*, double*,
+                                       const VibShape&, uint64_t, uint64_t, bool, bool, int64_t,
+                                       int64_t);
+template void vib_backward_rows<float>(const float*, const float*, const float*, const float*,
+                                       float*, float*, const VibShape&, uint64_t, uint64_t, bool,
+                                       bool, int64_t, int64_t);
+template void vib_backward_rows<double>(const double*, const double*, const double*,
+                                        const double*, double*, double*, const VibShape&,
+                                        uint64_t, uint64_t, bool, bool, int64_t, int64_t);
 
 // Words x0, x1 of blocks first .. first + count - 1 as this copy's kernels draw them, for the
 // test-only op _vib_philox_words.
 void vib_philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t count,
                       uint32_t* w0, uint32_t* w1) {
   const int64_t padded = (count + kLanes - 1) / kLanes * kLanes;
-  std::vector<uint32_t> a(padded), b(padded);
+  Buffer<uint32_t> a(padded), b(padded);
   philox_words(seed, offset, first, count, a.data(), b.data());
-  std::copy(a.begin(), a.begin() + count, w0);
-  std::copy(b.begin(), b.begin() + count, w1);
+  for (int64_t i = 0; i < count; ++i) {
+    w0[i] = a.data()[i];
+    w1[i] = b.data()[i];
+  }
 }
 
 }  // namespace MEDHPC_VEC_NS
