@@ -17,6 +17,12 @@ B in {32, 256}, float32:
 ``test_vib_implementations_agree`` (not a benchmark) checks once that the three give the same
 z, kl and gradients, so the timings compare equal work.
 
+``test_vib_spsa_attack`` times the job ``share_rows`` is for: one step of medhpc's SPSA (128 ±
+pairs, common random numbers) on a one-conv VIB model (K = 256, S = 12) over 4 images, with the
+head sampling through the fused op (``share_rows=2``) or, as before the op took ``share_rows``,
+through ``reference.vib_reparam_at`` (``test_vib_spsa_attack_paths_agree`` checks both draw the
+same noise).
+
 Run (CPU; pass ``-o python_files=bench_*.py`` too if your pytest config does not collect
 ``bench_*.py``; naming the file on the command line is enough for pytest to collect it)::
 
@@ -42,8 +48,12 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from medhpc import _ext
+from medhpc.attacks import spsa
+from medhpc.models.heads.vib import VIBConfig, VIBHead
+from medhpc.models.noise import fixed_noise
 from medhpc.ops import reference
 from medhpc.ops import vib_reparam as fused_vib_reparam
 
@@ -324,3 +334,72 @@ def test_vib_implementations_agree() -> None:
         pytest.xfail(f"fused == eager checked; compiled not: {exc}")
     for name, got in outputs(fn).items():
         _assert_close(f"compiled vs eager {name}", got, want[name])
+
+
+# --------------------------------------------------------------------------------------------
+# The job that share_rows serves: SPSA (common random numbers, share_rows=2) on a VIB model.
+
+SPSA_IMAGES = 4
+SPSA_SAMPLES = 128  # ± pairs per estimate: 2 * 4 * 128 = 1024 probe rows, S * 1024 * K noise
+
+
+class _TinyVIB(nn.Module):
+    """A one-conv backbone and the real :class:`VIBHead` (latent K, 12 evaluation draws), so
+    the VIB sampling, not the backbone, dominates an SPSA step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = VIBHead(16, 2, VIBConfig(latent=K, eval_samples=S))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).logits
+
+
+def _sample_through_reference(
+    self: VIBHead, mu: torch.Tensor, a: torch.Tensor, samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VIBHead.sample as it was before vib_reparam took share_rows: share > 1 built the noise
+    positions by hand and sampled through the pure-PyTorch reference (the "before" row)."""
+    seed, share = self.noise.next()
+    if share == 1:
+        return fused_vib_reparam(mu, a, samples, seed=seed, relu=self.cfg.relu, kl_reduction=self.cfg.kl_reduction)
+    index = reference.vib_noise_index(samples, mu.shape[0], mu.shape[1], share, mu.device)
+    return reference.vib_reparam_at(mu, a, index, seed, 0, self.cfg.relu, self.cfg.kl_reduction == "mean")
+
+
+@pytest.mark.parametrize("sampling", ["fused", "reference"])
+def test_vib_spsa_attack(benchmark: Any, sampling: str) -> None:
+    """One SPSA step (128 ± pairs, both probes of a pair under one VIB draw) on 4 images, the
+    head sampling through the fused op (share_rows=2) or, as before, through the reference."""
+    torch.manual_seed(0)
+    model = _TinyVIB().eval()
+    x = torch.rand(SPSA_IMAGES, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 0, 1])
+    benchmark.group = "vib spsa cpu"
+    benchmark.extra_info.update(
+        sampling=sampling, images=SPSA_IMAGES, samples=SPSA_SAMPLES, S=S, K=K,
+        cpu_threads=torch.get_num_threads(), fused_backend=_fused_backend("cpu"),
+    )  # fmt: skip
+
+    def attack() -> torch.Tensor:
+        return spsa(model, x, y, eps=0.02, steps=1, samples=SPSA_SAMPLES, seed=3).x_adv
+
+    with pytest.MonkeyPatch.context() as patch:
+        if sampling == "reference":
+            patch.setattr(VIBHead, "sample", _sample_through_reference)
+        attack()
+        benchmark(attack)
+
+
+def test_vib_spsa_attack_paths_agree() -> None:
+    """The two sampling paths of test_vib_spsa_attack draw the same noise: equal logits."""
+    torch.manual_seed(0)
+    model = _TinyVIB().eval()
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), fixed_noise(model, seed=5, share_rows=2):
+        fused = model(x)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(VIBHead, "sample", _sample_through_reference)
+            ref = model(x)
+    torch.testing.assert_close(fused, ref, rtol=TOL, atol=TOL)

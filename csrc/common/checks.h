@@ -10,7 +10,7 @@
 namespace medhpc {
 
 inline void check_vib_inputs(const at::Tensor& mu, const at::Tensor& a, int64_t seed,
-                             int64_t offset) {
+                             int64_t offset, int64_t share_rows) {
   TORCH_CHECK(mu.dim() == 2, "vib_reparam: mu must be 2-D (batch, latent), got shape ",
               mu.sizes());
   TORCH_CHECK(a.sizes() == mu.sizes(), "vib_reparam: a must have mu's shape ", mu.sizes(),
@@ -21,6 +21,8 @@ inline void check_vib_inputs(const at::Tensor& mu, const at::Tensor& a, int64_t 
               " but mu is on ", mu.device());
   TORCH_CHECK(seed >= 0, "vib_reparam: seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "vib_reparam: offset must be >= 0, got ", offset);
+  TORCH_CHECK(share_rows >= 1, "vib_reparam: share_rows must be >= 1, got ", share_rows,
+              " (rows b and b' share noise iff b / share_rows == b' / share_rows)");
 }
 
 inline void check_vib_samples(int64_t samples) {

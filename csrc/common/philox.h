@@ -1,8 +1,13 @@
 // Counter-based Philox4x32-10 (Salmon et al. 2011), shared by host and device code.
 //
-// Every random number in medhpc's kernels is a pure function of (seed, offset, index):
-// a backward pass regenerates the forward's noise instead of storing it, CPU and CUDA
-// draw the same numbers, and medhpc/ops/reference.py reproduces them in plain PyTorch.
+// Every random number in medhpc's kernels is a pure function of (seed, offset, index): a
+// backward pass regenerates the forward's noise instead of storing it, and the Philox words are
+// bit-identical on the CPU, on CUDA and in medhpc/ops/reference.py (integer maths only), and so
+// are the SPSA directions and probes built from them. Numbers derived through floating-point
+// functions (the VIB normals, z and KL) are bit-identical run to run on one device and across
+// CPU thread counts, but agree across devices and with the reference only within rounding:
+// CUDA's logf/sinf/cosf, nvcc's FMA contraction, the CPU's Sleef and the KL summation orders
+// differ in the last bits (tests/ops/test_vib_reparam.py states the tolerances).
 #pragma once
 
 #include <cstdint>

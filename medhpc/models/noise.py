@@ -61,8 +61,8 @@ def fixed_noise(model: nn.Module, seed: int, share_rows: int = 1) -> Iterator[No
 
     Two forward passes inside the block with the same batch layout see the same noise, row by
     row. ``share_rows=g`` also gives rows ``g*i .. g*i+g-1`` of a batch one draw between them
-    (the VIB head then samples through the reference, which accepts noise positions). A
-    deterministic model is unaffected.
+    (the VIB head passes it to the fused ``vib_reparam`` as ``share_rows``). A deterministic
+    model is unaffected.
     """
     if share_rows < 1:
         raise ValueError(f"share_rows must be >= 1, got {share_rows}")

@@ -1,9 +1,11 @@
 """Pure-PyTorch references: the executable specification of every compiled kernel.
 
-They draw the very same random numbers as the kernels (Philox4x32-10 from an explicit
-``(seed, offset)``, csrc/common/philox.h), so kernel and reference can be held to each other
-value for value, and they are differentiable by ordinary autograd, which gives the reference
-gradients. They also serve as the fallback when ``medhpc._C`` is not built.
+They draw from the same streams as the kernels (Philox4x32-10 from an explicit ``(seed,
+offset)``, csrc/common/philox.h): the Philox words and the SPSA directions are bit-identical on
+every device; the VIB normals, ``z`` and KL agree with the kernels within rounding (different
+log/sin/cos implementations, FMA contraction and KL summation order), not bit for bit. They are
+differentiable by ordinary autograd, which gives the reference gradients, and serve as the
+fallback when ``medhpc._C`` is not built.
 """
 
 from __future__ import annotations
@@ -103,6 +105,24 @@ def vib_sigma(a: torch.Tensor, relu: bool = True) -> torch.Tensor:
     return F.softplus(r - 5.0)
 
 
+def vib_noise_index(
+    samples: int, batch: int, latent: int, share_rows: int = 1, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Stream positions (S, B, K) of the VIB noise: ``(s * G + b // share_rows) * K + j``.
+
+    Rows ``b`` and ``b'`` get the same noise iff ``b // share_rows == b' // share_rows`` (SPSA's
+    common random numbers: both probes of a ± pair under one draw); ``G = ceil(B / share_rows)``
+    noise rows per sample, so ``share_rows=1`` is ``arange(S*B*K)``.
+    """
+    if isinstance(share_rows, bool) or not isinstance(share_rows, int) or share_rows < 1:
+        raise ValueError(f"share_rows must be an int >= 1, got {share_rows!r}")
+    groups = -(-batch // share_rows)
+    s = torch.arange(samples, dtype=torch.int64, device=device).view(samples, 1, 1)
+    row = (torch.arange(batch, dtype=torch.int64, device=device) // share_rows).view(1, batch, 1)
+    j = torch.arange(latent, dtype=torch.int64, device=device).view(1, 1, latent)
+    return (s * groups + row) * latent + j
+
+
 def vib_reparam(
     mu: torch.Tensor,
     a: torch.Tensor,
@@ -111,19 +131,23 @@ def vib_reparam(
     offset: int = 0,
     relu: bool = True,
     kl_mean: bool = False,
+    share_rows: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VIB reparameterised sampling and KL, the specification of ``medhpc::vib_reparam``.
 
     Returns ``z`` of shape (samples, B, K) with ``z[s] = mu + sigma * eps[s]`` and the
     per-example ``KL(N(mu, sigma^2) || N(0, I))`` of shape (B,), summed over the K latent
-    dimensions (Alemi et al.) or averaged (``kl_mean``, Häkkinen & Raj's scripts). Half and
-    bfloat16 inputs are computed in float32, as the CUDA kernel does. ``eps[s, b, j]`` is
-    number ``(s * B + b) * K + j`` of the Philox stream ``(seed, offset)``.
+    dimensions (Alemi et al.) or averaged (``kl_mean``, Häkkinen & Raj's scripts), computed in
+    float32 (float64 for float64) and returned in the input dtype. ``eps[s, b, j]`` is number
+    ``(s * G + b // share_rows) * K + j`` of the Philox stream ``(seed, offset)``
+    (:func:`vib_noise_index`).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    index = torch.arange(samples * mu.numel(), dtype=torch.int64, device=mu.device)
-    return vib_reparam_at(mu, a, index.reshape(samples, *mu.shape), seed, offset, relu, kl_mean)
+    if mu.dim() != 2:
+        raise ValueError(f"mu must be 2-D (batch, latent), got shape {tuple(mu.shape)}")
+    index = vib_noise_index(samples, mu.shape[0], mu.shape[1], share_rows, mu.device)
+    return vib_reparam_at(mu, a, index, seed, offset, relu, kl_mean)
 
 
 def vib_reparam_at(
@@ -136,7 +160,7 @@ def vib_reparam_at(
     kl_mean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`vib_reparam` with the noise positions given: ``index`` (S, B, K) int64, normally
-    ``arange(S*B*K)``. The form to hand to ``torch.compile`` (see :func:`normal_at`)."""
+    :func:`vib_noise_index`. The form to hand to ``torch.compile`` (see :func:`normal_at`)."""
     if mu.dim() != 2 or a.shape != mu.shape:
         raise ValueError(f"mu and a must be 2-D of one shape, got {tuple(mu.shape)}, {tuple(a.shape)}")
     if index.dim() != 3 or index.shape[1:] != mu.shape:

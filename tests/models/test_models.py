@@ -220,6 +220,41 @@ def test_share_rows_gives_pairs_one_draw() -> None:
     assert not torch.allclose(out[0], out[2])
 
 
+def test_share_rows_samples_through_the_fused_op_with_the_old_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VIBHead.sample with share_rows > 1 no longer falls back to the reference: it gives the
+    numbers of the old hand-built index ((s * G + b // share) * K + j) through the fused op."""
+    head = vib_model(latent=9, eval_samples=3).eval().head
+    torch.manual_seed(1)
+    mu, a = torch.randn(5, 9), torch.randn(5, 9) * 3
+    old_at = reference.vib_reparam_at
+    with fixed_noise(head, seed=11, share_rows=2):
+        seed, share = head.noise.next()
+        s, b, k = 3, 5, 9
+        groups = -(-b // share)
+        index = (torch.arange(s).view(s, 1, 1) * groups + (torch.arange(b) // share).view(1, b, 1)) * k + torch.arange(
+            k
+        ).view(1, 1, k)
+        z_old, kl_old = old_at(mu, a, index, seed, 0, head.cfg.relu, head.cfg.kl_reduction == "mean")
+
+        def no_fallback(*args: object, **kwargs: object) -> None:
+            raise AssertionError("VIBHead.sample fell back to reference.vib_reparam_at")
+
+        monkeypatch.setattr(reference, "vib_reparam_at", no_fallback)
+        if _ext.has_kernel("vib_reparam", "cpu"):
+            z, kl = head.sample(mu, a, 3)
+            torch.testing.assert_close(z, z_old, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(kl, kl_old, rtol=1e-5, atol=1e-5)
+
+
+def test_vib_head_under_cpu_autocast_returns_bfloat16_without_casting_itself() -> None:
+    head = vib_model(latent=8, eval_samples=2).eval().head
+    t = torch.randn(3, 2048, 1, 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, a = head.encode(t)
+        z, kl = head.sample(mu, a, 2)
+    assert mu.dtype == torch.bfloat16 and z.dtype == torch.bfloat16 and kl.dtype == torch.bfloat16
+
+
 def test_vib_expected_logits_are_the_mean_path() -> None:
     model = vib_model(latent=16).eval()
     x = torch.rand(2, 3, 32, 32)

@@ -15,7 +15,7 @@ from medhpc.config import bad
 from medhpc.models.heads.output import HeadOutput
 from medhpc.models.noise import NoiseSource
 from medhpc.models.spec import HeadSpec, SweepAxis
-from medhpc.ops import reference, vib_reparam
+from medhpc.ops import vib_reparam
 
 if TYPE_CHECKING:
     from medhpc.models.config import ModelConfig
@@ -74,23 +74,10 @@ class VIBHead(nn.Module):
     def sample(self, mu: torch.Tensor, a: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (S, B, latent) and the per-example KL (B,) under the noise source's next seed."""
         seed, share = self.noise.next()
-        if mu.device.type != "cuda" and mu.dtype in (torch.float16, torch.bfloat16):
-            mu, a = mu.float(), a.float()  # CPU autocast: the CPU kernel is fp32/fp64 only
-        if share == 1:
-            return vib_reparam(
-                mu, a, samples, seed=seed, relu=self.cfg.relu, kl_reduction=self.cfg.kl_reduction
-            )
-        # Rows b and b' share noise iff b // share == b' // share: give them one position.
-        s, b, k = samples, mu.shape[0], mu.shape[1]
-        groups = -(-b // share)
-        dev = mu.device
-        row = torch.arange(b, device=dev) // share
-        index = (
-            torch.arange(s, device=dev).view(s, 1, 1) * groups + row.view(1, b, 1)
-        ) * k + torch.arange(k, device=dev).view(1, 1, k)
-        return reference.vib_reparam_at(
-            mu, a, index, seed, 0, self.cfg.relu, self.cfg.kl_reduction == "mean"
-        )
+        return vib_reparam(
+            mu, a, samples, seed=seed, relu=self.cfg.relu, kl_reduction=self.cfg.kl_reduction,
+            share_rows=share,
+        )  # fmt: skip
 
     def combine(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Combine (S, B, C) per-draw logits into the prediction's logits (B, C)."""
