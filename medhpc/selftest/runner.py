@@ -64,7 +64,7 @@ CPU_SCALE = Scale(
     vib_batch=16, vib_latent=33, vib_samples=3,
     spsa_batch=2, spsa_image=(3, 16, 16), spsa_count=8,
     large_batch=2, large_image=(3, 32, 32), large_count=4,
-    train_batch=2, train_size=64, resume_images=40, resume_epochs=2,
+    train_batch=2, train_size=32, resume_images=40, resume_epochs=2,
     attack_batch=2, attack_size=32, spsa_samples=16, attack_steps=2,
 )  # fmt: skip
 
