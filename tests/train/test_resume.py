@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,16 @@ def config(cache: Path, out: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def finished(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(from_mapping(config(tiny_cache, tmp_path_factory.mktemp("runs"))), progress=False)
+
+
 @pytest.fixture
-def one_epoch(tiny_cache: Path, tmp_path: Path) -> Path:
-    """A run killed after its last epoch's checkpoint, before ``metrics.json``: it resumes."""
-    run = train(from_mapping(config(tiny_cache, tmp_path)), progress=False)
+def one_epoch(finished: Path, tmp_path: Path) -> Path:
+    """A copy of a run killed after its last epoch's checkpoint, before ``metrics.json``: it resumes."""
+    run = tmp_path / finished.name
+    shutil.copytree(finished, run)
     (run / "metrics.json").unlink()
     return run
 
