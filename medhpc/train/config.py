@@ -84,7 +84,13 @@ class TrainConfig:
     than ``min_delta``) for that many epochs (None: never). ``init_from`` copies the backbone
     of a finished run (its folder or checkpoint), as the VIB recipe trains a head on a
     trained, frozen backbone.
-    ``precision: auto`` is bf16 autocast on CUDA and fp32 on the CPU.
+    ``precision: auto`` is bf16 autocast on CUDA and fp32 on the CPU. ``tf32`` lets cuDNN
+    convolutions and cuBLAS matmuls run fp32 work in TF32 on Ampere and later GPUs; it is off
+    by default so that ``precision: fp32`` means IEEE fp32 (torch's own default is on for
+    cuDNN, off for cuBLAS), and ignored on the CPU. ``deterministic`` makes an op without a
+    deterministic CUDA implementation an error, turns cuDNN autotuning off and sets
+    ``CUBLAS_WORKSPACE_CONFIG`` (:mod:`medhpc.train.runtime`). A run resumes only on the
+    device type, precision and tf32 it started with.
     """
 
     model: ModelConfig
@@ -102,6 +108,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = nohash("auto")
     channels_last: Literal["auto", "on", "off"] = nohash("auto")
     deterministic: bool = nohash(False)
+    tf32: bool = nohash(False)
     device: str = nohash("auto")
     eval_batch_size: int = nohash(64)
     num_workers: int = nohash(0)

@@ -27,10 +27,11 @@ from medhpc.data.cache import CacheLoader, cache_info, prepare_batch
 from medhpc.data.errors import DataError
 from medhpc.device import resolve_device
 from medhpc.models import Classifier, build_model
-from medhpc.train import checkpoint
+from medhpc.train import checkpoint, runtime
 from medhpc.train.checkpoint import Progress
 from medhpc.train.config import TrainConfig
 from medhpc.train.evaluate import metrics_of, predict, write_predictions
+from medhpc.train.runtime import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ CONFIG = "config.yaml"
 def run_dir(cfg: TrainConfig) -> Path:
     """The run's folder, named by architecture, head and config hash."""
     return Path(cfg.out) / f"{cfg.model.arch}-{cfg.model.head}-{config_hash(cfg)}"
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None for fp32; bf16 on CUDA under ``auto``."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
@@ -147,12 +141,21 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
     atomic.write_text(_yaml(cfg_dict), out / CONFIG)
 
     device = resolve_device(cfg.device)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    with runtime.numerics(device, tf32=cfg.tf32, deterministic=cfg.deterministic):
+        return _train(cfg, out, chash, cfg_dict, info, device, progress)
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    chash: str,
+    cfg_dict: dict[str, Any],
+    info: dict[str, Any],
+    device: torch.device,
+    progress: bool | None,
+) -> Path:
     amp = autocast_dtype(cfg.precision, device)
+    numerics = runtime.describe(device, amp, cfg.tf32)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
 
     torch.manual_seed(cfg.seed)
@@ -171,7 +174,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
         cfg.data.cache, "train", batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda", persistent_workers=True,
     )  # fmt: skip
-    val_loader = CacheLoader(cfg.data.cache, "val", batch_size=cfg.eval_batch_size)
+    val_loader = CacheLoader(cfg.data.cache, "val", batch_size=cfg.eval_batch_size, pin_memory=device.type == "cuda")
     train_labels = train_loader.dataset.labels
     weights = class_weights(train_labels, cfg.model.classes).to(device) if cfg.loss_weighting == "weighted" else None
     kl_weight = cfg.model.head_spec.loss_weight(cfg.model)
@@ -180,24 +183,29 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
     progress_state = Progress()
     last = out / checkpoint.LAST
     if last.is_file():
-        ckpt = checkpoint.load(last, map_location=device)
+        # On the CPU: the RNG states must stay host tensors; load_state_dict moves the rest.
+        ckpt = checkpoint.load(last, map_location="cpu")
         if ckpt.get("config_hash") != chash:
             raise checkpoint.CheckpointError(
                 f"{last} belongs to another config (hash {ckpt.get('config_hash')} != {chash})"
             )
+        checkpoint.check_runtime(ckpt, numerics, last)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.set_rng_state(ckpt["rng"])
+        try:
+            checkpoint.set_rng_state(ckpt["rng"], device)
+        except checkpoint.CheckpointError as exc:
+            raise checkpoint.CheckpointError(f"{last}: {exc}") from None
         progress_state = Progress(**ckpt["progress"])
         log.info("%s: resuming after epoch %d", out, progress_state.epoch)
 
     log.info(
         "%s: %s/%s on %s, %d train / %d val images, %s",
         out, cfg.model.arch, cfg.model.head, device, len(train_loader.dataset), len(val_loader.dataset),
-        "fp32" if amp is None else str(amp).replace("torch.", ""),
+        runtime.render(numerics),
     )  # fmt: skip
     try:
         while progress_state.epoch < cfg.epochs and not progress_state.stopped_early:
@@ -249,7 +257,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Path:
                 )  # fmt: skip
             checkpoint.save(
                 last, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                progress=progress_state, config=cfg_dict, config_hash=chash,
+                progress=progress_state, config=cfg_dict, config_hash=chash, device=device, numerics=numerics,
             )  # fmt: skip
             atomic.write_json(progress_state.history, out / HISTORY)
             log.info(
@@ -283,7 +291,7 @@ def _finish(
         raise checkpoint.CheckpointError(
             f"{out}: no epoch had a finite validation loss (training diverged?); see {out / HISTORY}"
         )
-    best = checkpoint.load(out / checkpoint.BEST, map_location=device)
+    best = checkpoint.load(out / checkpoint.BEST, map_location="cpu")
     model.load_state_dict(best["model"])
     results: dict[str, Any] = {}
     for split in ("val", "test"):

@@ -142,6 +142,33 @@ def test_loader_with_two_workers_yields_the_same_batches(aptos_cache: Path, pers
     assert parallel._loader is None or not persistent
 
 
+def test_pin_memory_pins_every_batch_without_workers(aptos_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pin_memory=True`` with ``num_workers=0`` (the training default) used to be ignored:
+    host-to-device copies then could not overlap compute. No GPU here: pinning is recorded."""
+    pinned: list[torch.Tensor] = []
+
+    def pin(self: torch.Tensor, *args: object) -> torch.Tensor:
+        pinned.append(self.clone())  # stands for the page-locked copy
+        return pinned[-1]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    batches = list(CacheLoader(aptos_cache, "val", batch_size=4, with_mask=True, pin_memory=True))
+    yielded = [t for batch in batches for t in batch]  # images, labels, masks of every batch
+    assert batches and len(yielded) == len(pinned) == 3 * len(batches)
+    assert all(t is p for t, p in zip(yielded, pinned, strict=True))
+    pinned.clear()
+    list(CacheLoader(aptos_cache, "val", batch_size=4, pin_memory=False))
+    assert pinned == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_pinned_on_a_cuda_machine(aptos_cache: Path, workers: int) -> None:
+    with CacheLoader(aptos_cache, "train", batch_size=4, num_workers=workers, pin_memory=True) as loader:
+        assert all(t.is_pinned() for batch in loader for t in batch)
+
+
 def test_to_float_scales_to_unit_range() -> None:
     x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
     y = to_float(x, device="cpu")

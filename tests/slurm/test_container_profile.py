@@ -34,6 +34,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_sbatch_script_runs_each_job_through_the_container_command(srun_on_path: None, tmp_path: Path) -> None:
+    pytest.importorskip("submitit", reason="submitit not installed (a test extra, requirements-pinned.txt)")
     profile = load_profile(
         write(
             tmp_path,

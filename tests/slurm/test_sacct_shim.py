@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from submitit.slurm.slurm import SlurmInfoWatcher
+
+SlurmInfoWatcher = pytest.importorskip(
+    "submitit.slurm.slurm", reason="submitit not installed (a test extra, requirements-pinned.txt)"
+).SlurmInfoWatcher
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RECORDS = GOLDEN / "jobcomp-slurm-22.05.txt"

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-import submitit
-from submitit.slurm.slurm import _make_sbatch_string
 
 from medhpc.sweep.cluster import ClusterProfile, load_profile, make_executor
+
+submitit = pytest.importorskip("submitit", reason="submitit not installed (a test extra, requirements-pinned.txt)")
+_make_sbatch_string = pytest.importorskip("submitit.slurm.slurm")._make_sbatch_string
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SITE_FOLDER = "/shared/sweeps/demo/slurm/%j"  # where a sweep on the example site keeps its jobs

@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import cloudpickle
 import pytest
-import submitit
 
 from medhpc.sweep.cluster import Resources, executor_options, executor_parameters, load_profile
+
+EXTRAS = "submitit or cloudpickle not installed (test extras, requirements-pinned.txt)"
+cloudpickle = pytest.importorskip("cloudpickle", reason=EXTRAS)
+submitit = pytest.importorskip("submitit", reason=EXTRAS)
 
 # Jobs unpickle these functions on the node: send them by value (this module is not importable
 # there under pytest's importlib mode).

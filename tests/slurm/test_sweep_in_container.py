@@ -11,11 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from medhpc.sweep import load_sweep
 from medhpc.sweep.launch import run_submitit
 from medhpc.sweep.run import status
+
+pytest.importorskip("submitit", reason="submitit not installed (a test extra, requirements-pinned.txt)")
 
 HERE = Path(__file__).resolve().parent
 FAKE_APPTAINER = HERE / "fake-apptainer"

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medhpc.store import verify_dir
 from medhpc.sweep import load_sweep
 from medhpc.sweep.launch import run_submitit
 from medhpc.sweep.run import status
+
+pytest.importorskip("submitit", reason="submitit not installed (a test extra, requirements-pinned.txt)")
 
 ROOT = Path(__file__).resolve().parents[2]
 

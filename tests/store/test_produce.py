@@ -151,6 +151,7 @@ def test_bad_batches_are_refused_and_leave_no_file(tmp_path: Path, tiny_model: n
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_cuda_model_writes_the_same_shard_as_on_the_cpu(tmp_path: Path, tiny_model: nn.Module) -> None:
     """Batches on the host, model on the GPU: the shard is written from host copies, and holds
     what the CPU run holds up to float rounding."""

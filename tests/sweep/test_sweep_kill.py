@@ -77,6 +77,7 @@ def results(out: Path) -> list[dict]:
 
 
 def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    pytest.importorskip("submitit", reason="submitit not installed (a test extra, requirements-pinned.txt)")
     whole = write_sweep(tmp_path, "whole")
     finish(whole)
     expected = results(tmp_path / "whole")

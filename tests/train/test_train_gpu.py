@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from medhpc.models import ModelConfig, build_model, fixed_noise
-from medhpc.train import from_mapping, train
+from medhpc.train import checkpoint, from_mapping, train
 from medhpc.train.checkpoint import load as load_ckpt
 
 pytestmark = pytest.mark.gpu
@@ -40,6 +41,43 @@ def test_training_on_cuda_with_autocast_and_channels_last(
         assert load_ckpt(run / "last.pt")["scaler"] is not None
 
 
+def test_a_deterministic_run_resumed_on_cuda_ends_with_identical_weights(
+    tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``deterministic: true``: resumed from its epoch-1 checkpoint (CPU and CUDA RNG states,
+    optimiser, scaler), a run ends bit-identical to the uninterrupted one."""
+    cfg = from_mapping(
+        {
+            "model": {"arch": "resnet50", "head": "vib", "vib": {"latent": 16}},
+            "data": {"cache": str(tiny_cache)},
+            "optim": {"name": "adam", "lr": 1e-3},
+            "epochs": 2,
+            "batch_size": 8,
+            "device": "cuda",
+            "deterministic": True,
+            "out": str(tmp_path),
+        }
+    )
+    written: dict[int, bytes] = {}
+    save = checkpoint.save
+
+    def keep(path: Path, **kw: Any) -> None:
+        save(path, **kw)
+        written[kw["progress"].epoch] = path.read_bytes()
+
+    monkeypatch.setattr(checkpoint, "save", keep)
+    run = train(cfg, progress=False)
+    whole = load_ckpt(run / "last.pt")
+    assert whole["runtime"] == {"device": "cuda", "precision": "bf16", "tf32": False}
+    (run / "last.pt").write_bytes(written[1])  # as if killed during epoch 2
+    (run / "metrics.json").unlink()
+    train(cfg, progress=False)
+    resumed = load_ckpt(run / "last.pt")
+    assert resumed["progress"]["epoch"] == 2
+    different = [k for k in whole["model"] if not torch.equal(whole["model"][k], resumed["model"][k])]
+    assert different == [], different[:5]
+
+
 def test_inception_trains_on_cuda_at_299(tmp_path: Path) -> None:
     model = build_model(ModelConfig(arch="inception_v3")).cuda().to(memory_format=torch.channels_last).train()
     x = torch.rand(8, 3, 299, 299, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -49,6 +87,7 @@ def test_inception_trains_on_cuda_at_299(tmp_path: Path) -> None:
     (out.logits.float().sum() + out.aux_logits.float().sum()).backward()
 
 
+@pytest.mark.usefixtures("no_tf32")
 def test_vib_head_on_cuda_matches_cpu_for_the_same_draw() -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="resnet50", head="vib")).eval()
