@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="train,val,test fractions (default %(default)s)")
     prep.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     prep.add_argument("--skip-bad", action="store_true", help="skip undecodable images and report them")
+    prep.add_argument("--ignore-unknown", action="store_true",
+                      help="leave out (and log) folders and files the reader does not know, "
+                           "e.g. a COVID/ class in a Kermany split, instead of stopping")
     prep.add_argument("--compression", choices=COMPRESSIONS, default="lzf")
     return parser
 
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             result = prepare(
                 args.kind, args.root, args.out, size=args.size, seed=args.seed,
                 fractions=parse_fractions(args.fractions), workers=args.workers,
-                skip_bad=args.skip_bad, compression=args.compression,
+                skip_bad=args.skip_bad, compression=args.compression, ignore_unknown=args.ignore_unknown,
             )
             counts = " ".join(f"{k}={v}" for k, v in result.counts.items())
             print(f"{result.cache}: {counts} skipped={len(result.skipped)}; manifest {result.manifest}")

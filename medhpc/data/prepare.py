@@ -159,6 +159,7 @@ def prepare(
     skip_bad: bool = False,
     compression: str = "lzf",
     progress: bool = True,
+    ignore_unknown: bool = False,
 ) -> PrepareResult:
     """Read, split, decode and cache a dataset; see the module docstring.
 
@@ -172,6 +173,10 @@ def prepare(
         They are logged, and listed in the cache and the manifest.
     compression
         ``lzf`` (fast, default), ``gzip`` (smaller, slower to read) or ``none``.
+    ignore_unknown
+        Leave out, and log with their count, the folders and files that the reader
+        does not know (a ``COVID/`` class in a Kermany split, a ``README.txt`` among
+        the images) instead of stopping; see :mod:`medhpc.data.readers`.
     """
     if compression not in COMPRESSIONS:
         raise DataError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
@@ -184,7 +189,7 @@ def prepare(
     if out.exists() and out.is_dir():
         raise DataError(f"output path is a folder, expected a file name: {out}")
 
-    records = read_dataset(kind, root)
+    records = read_dataset(kind, root, ignore_unknown=ignore_unknown)
     classes = class_names(kind, root)
     splits = split_records(records, seed=seed, fractions=fractions)
     ordered = [rec for name in SPLITS for rec in splits[name]]
