@@ -41,7 +41,7 @@ def _main(args: argparse.Namespace) -> int:
     overrides = parse_set(args.sets)
     if args.executor:
         overrides["executor"] = args.executor
-    cfg = load_sweep(args.config, overrides)
+    cfg = load_sweep(args.config, overrides, check_roots=args.command == "run")
     if args.command == "report":
         return _report(cfg)
     if args.command == "run":

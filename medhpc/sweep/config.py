@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medhpc.attacks.config import AttackConfig
-from medhpc.config import bad, load, nohash
+from medhpc.config import ConfigError, bad, load, nohash
 from medhpc.models.config import AttentionConfig, VIBConfig
 from medhpc.models.registry import ARCHS, HEADS, base_head
 from medhpc.report.config import ReportSettings
@@ -41,7 +41,13 @@ class SyntheticSpec:
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset as distributed (``root``), or a synthetic stand-in written there, and the
-    cache it is prepared into (image ``size``, split ``seed`` and ``fractions``)."""
+    cache it is prepared into (image ``size``, split ``seed`` and ``fractions``).
+
+    ``ignore_unknown``: leave out (and log) the folders and files the reader does not know
+    (``--ignore-unknown`` of ``python -m medhpc.data prepare``) instead of failing the prepare
+    job. It is not hashed: it decides only whether such a tree fails, never what a cache that
+    is written holds, so setting it keeps the cache name.
+    """
 
     name: str
     kind: DataKind
@@ -51,6 +57,7 @@ class DatasetSpec:
     fractions: tuple[float, float, float] = (0.8, 0.05, 0.15)
     compression: Literal["lzf", "gzip", "none"] = "lzf"
     synthetic: SyntheticSpec | None = None
+    ignore_unknown: bool = nohash(False)
 
     def _check(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -188,6 +195,43 @@ class SweepConfig:
                 raise bad("models.heads", f"{spec.title} heads train on a base model's backbone: include {base!r}")
 
 
-def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None) -> SweepConfig:
-    """Read a YAML/TOML sweep config; ``overrides`` are dotted keys (``workers``, ``limit``)."""
-    return load(SweepConfig, path, overrides)
+def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None, check_roots: bool = False) -> SweepConfig:
+    """Read a YAML/TOML sweep config; ``overrides`` are dotted keys (``workers``, ``limit``).
+
+    ``check_roots`` (what ``python -m medhpc.sweep run`` asks for) also applies
+    :func:`check_data_roots`, so a missing dataset folder is refused before anything is
+    submitted or written.
+    """
+    cfg = load(SweepConfig, path, overrides)
+    if check_roots:
+        check_data_roots(cfg, source=str(path))
+    return cfg
+
+
+def check_data_roots(cfg: SweepConfig, source: str = "<sweep>") -> None:
+    """Raise :class:`ConfigError` naming ``datasets[i].root`` and ``source`` (the config
+    file) when a dataset that still has to be prepared has no folder at its root.
+
+    Checked only for the datasets whose prepare job would read ``root``: not synthetic ones
+    (the sweep writes them under ``out``) and not those whose cache is already prepared. Not
+    part of loading itself, because configs are also loaded where the data legitimately is
+    not: ``status`` and ``report`` of a finished sweep whose raw data has moved, and tests
+    that only expand the graph. (Jobs never reload the config: they are sent pickled.) The
+    ``run`` command checks on the login node, where the driver runs and where the data
+    has to be visible at the same path as on the compute nodes; without this, a missing root
+    is found only when its prepare job runs, after a queue slot and with files under ``out``.
+    """
+    from medhpc.sweep.graph import prepare_job  # here: the graph module reads this one's types
+
+    for i, ds in enumerate(cfg.datasets):
+        if ds.synthetic is not None:
+            continue
+        job = prepare_job(cfg, ds)
+        root = Path(ds.root)
+        if root.is_dir() or job.is_done():
+            continue
+        what = "is not a folder" if root.exists() else "dataset folder does not exist"
+        raise ConfigError(
+            f"{source}: datasets[{i}].root: {what}: {root} (dataset {ds.name!r}, not synthetic, "
+            f"its cache {job.cache} not prepared yet)"
+        )

@@ -61,7 +61,8 @@ def attack_list(cfg: SweepConfig) -> list[AttackConfig]:
     return rows
 
 
-def _prepare_job(cfg: SweepConfig, ds: DatasetSpec) -> PrepareJob:
+def prepare_job(cfg: SweepConfig, ds: DatasetSpec) -> PrepareJob:
+    """The job that prepares ``ds`` (a synthetic one is written under ``out/data`` first)."""
     out = Path(cfg.out)
     data_root = str(out / "data" / ds.name) if ds.synthetic is not None else ds.root
     tag = config_hash(ds, 8)
@@ -116,7 +117,7 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
     graph = JobGraph({}, {})
     trained: list[tuple[str, TrainJob]] = []
     for ds in cfg.datasets:
-        prep = _prepare_job(cfg, ds)
+        prep = prepare_job(cfg, ds)
         prep_key = graph.add(prep)
         for arch in cfg.models.archs:
             for weighting in cfg.models.loss_weightings:
@@ -190,7 +191,7 @@ def split_sizes(cfg: SweepConfig) -> dict[str, int] | None:
 
     sizes = {}
     for ds in cfg.datasets:
-        cache = Path(_prepare_job(cfg, ds).cache)
+        cache = Path(prepare_job(cfg, ds).cache)
         if cache.is_file():
             sizes[ds.name] = int(cache_info(cache)["counts"].get(cfg.split, 0))
     return sizes or None

@@ -84,7 +84,7 @@ class PrepareJob:
                 os.replace(partial, root)
         prepare = importlib.import_module("medhpc.data.prepare").prepare
         prepare(ds.kind, self.data_root, self.cache, size=ds.size, seed=ds.seed, fractions=ds.fractions,
-                compression=ds.compression, progress=False)  # fmt: skip
+                compression=ds.compression, progress=False, ignore_unknown=ds.ignore_unknown)  # fmt: skip
 
 
 @dataclass(frozen=True)

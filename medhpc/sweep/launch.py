@@ -164,15 +164,32 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
     return {"done": len(done), "failed": failed, "blocked": sorted(blocked)}
 
 
+#: submitit's words for a job that ended without a result (killed, cancelled, out of time or
+#: memory): ``Job N (task: T) with path P`` then this line, then the job's error stream.
+_NO_OUTPUT = re.compile(r"has not produced any output \(state: ([^)]*)\)")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+#: What SLURM writes into a job's error stream when it ends the job (``*** JOB 12 ON n1
+#: CANCELLED AT 2026-12-01T10:00:00 DUE TO TIME LIMIT ***``).
+_SLURM_END = re.compile(r"^slurmstepd: error: \*\*\* (.+?) \*\*\*$")
+
+
 def _summary(error: BaseException | None) -> str:
-    """The exception line of a failed job's traceback (submitit appends log paths after it)."""
+    """One line for a failed job: the exception line of its traceback (submitit appends log
+    paths after it); for a job that ended without any result, submitit's reason with the
+    job's state (``job has not produced any output (state: CANCELLED)``), followed by what SLURM or the job's last
+    exception said in its error stream, if anything."""
     if error is None:
         return "finished without its output"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line):
-            return line
-    return lines[0] if lines else type(error).__name__
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last_exception = next((line for line in reversed(lines) if _EXCEPTION.match(line)), None)
+    no_output = _NO_OUTPUT.search(text)
+    if no_output is None:
+        return last_exception or (lines[0] if lines else type(error).__name__)
+    summary = f"job {no_output.group(0)}"
+    ended = next((m.group(1) for line in reversed(lines) if (m := _SLURM_END.match(line))), None)
+    cause = ended or last_exception
+    return f"{summary}: {cause}" if cause else summary
 
 
 def _blocked(graph: JobGraph, failed: dict[str, Any]) -> set[str]:
