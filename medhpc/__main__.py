@@ -15,14 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, compiled kernels, backends per op, GPUs")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
-    selftest = sub.add_parser(
+    # The self-test parses its own options (python -m medhpc selftest --help): importing it here
+    # would import torch, which `verify` must not (it starts in a fraction of a second).
+    sub.add_parser(
         "selftest",
-        help="check this node before a sweep: every op vs its reference, training, resume, attacks",
-        description="Run the self-test (see python -m medhpc.selftest --help); exits 1 on any failure.",
+        add_help=False,
+        help="check this node before a sweep: every op vs its reference, training, resume, attacks "
+        "(--gpu, --json, --only NAME, --list)",
     )
-    from medhpc.selftest.__main__ import add_arguments, run
-
-    add_arguments(selftest)
     verify = sub.add_parser(
         "verify",
         help="check every shard under DIR: truncated, altered, missing, unverified, leftover temporaries",
@@ -37,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument(
         "--ignore-tmp", action="store_true", help="do not report temporaries (while writers may be running)"
     )
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "selftest":
+        from medhpc.selftest.__main__ import main as selftest
+
+        return selftest(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     setup_logging()
 
     if args.command == "info":
@@ -46,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         facts = collect()
         sys.stdout.write((json.dumps(facts, indent=2) if args.json else format_text(facts)) + "\n")
         return 0
-    if args.command == "selftest":
-        return run(args)
     if args.command == "verify":
         from medhpc.store import ShardError, verify_dir
 
