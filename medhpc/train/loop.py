@@ -3,7 +3,8 @@
 A run lives in ``<out>/<arch>-<head>-<config hash>/``: ``config.yaml`` (resolved), ``last.pt``
 (written every epoch; a killed run resumes from it and ends with the same weights as an
 uninterrupted one), ``best.pt`` (the weights with the lowest validation loss: the model kept),
-``history.json`` and, last, ``metrics.json`` (the kept model on validation and test). A run
+``history.json``, TensorBoard event files (``events.out.tfevents.*``, see
+:mod:`medhpc.train.events`) and, last, ``metrics.json`` (the kept model on validation and test). A run
 whose ``metrics.json`` exists is finished and is skipped.
 """
 
@@ -31,6 +32,7 @@ from medhpc.train import checkpoint, runtime
 from medhpc.train.checkpoint import Progress
 from medhpc.train.config import TrainConfig
 from medhpc.train.evaluate import metrics_of, predict, write_predictions
+from medhpc.train.events import EpochEvents
 from medhpc.train.runtime import autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -207,6 +209,7 @@ def _train(
         out, cfg.model.arch, cfg.model.head, device, len(train_loader.dataset), len(val_loader.dataset),
         runtime.render(numerics),
     )  # fmt: skip
+    events = EpochEvents(out, first_epoch=progress_state.epoch + 1)
     try:
         while progress_state.epoch < cfg.epochs and not progress_state.stopped_early:
             epoch = progress_state.epoch
@@ -250,6 +253,7 @@ def _train(
                 "train_images_per_s": seen / train_time if train_time > 0 else None,
             }
             progress_state.history.append(record)
+            events.write(record)  # before the checkpoint: a resumed run purges, never misses, an epoch
             if record_epoch(progress_state, val["loss"], cfg.patience, cfg.min_delta):
                 checkpoint.save_weights(
                     out / checkpoint.BEST, model=model, config=cfg_dict, config_hash=chash,
@@ -267,6 +271,7 @@ def _train(
                 " (early stop)" if progress_state.stopped_early else "",
             )  # fmt: skip
     finally:
+        events.close()
         train_loader.close()
         val_loader.close()
 

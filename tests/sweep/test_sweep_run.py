@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from medhpc.store import verify_dir
 from medhpc.sweep import load_sweep
@@ -55,6 +56,12 @@ def test_tiny_sweep_runs_end_to_end_and_reruns_as_a_no_op(tmp_path: Path) -> Non
         assert rows["none"]["success_rate"] + rows["none"]["accuracy"] == 1.0
         assert rows["none"]["mean_linf"] == 0.0 and 0 < rows["fgsm"]["mean_linf"] <= 0.05 + 1e-6
     assert (out / "report" / "summary.md").read_text().startswith("| model |")
+    # `tensorboard --logdir OUT/runs` lists every training run under its folder's name.
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out / "runs"))
+    mux.Reload()
+    runs = {p.parent.name for p in (out / "runs").glob("*/metrics.json")}
+    assert len(runs) == 2 and set(mux.Runs()) == runs
+    assert all("loss/val" in tags["scalars"] for tags in mux.Runs().values())
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     proc = subprocess.run([sys.executable, "-m", "medhpc.sweep", "run", str(path)], cwd=ROOT,

@@ -16,7 +16,7 @@ import torch
 
 from medhpc.config import ConfigError
 from medhpc.data.errors import DataError
-from medhpc.train import from_mapping, run_dir, train
+from medhpc.train import checkpoint, events, from_mapping, run_dir, train
 from medhpc.train.checkpoint import CheckpointError, Progress
 from medhpc.train.checkpoint import load as load_ckpt
 from medhpc.train.loop import class_weights, record_epoch
@@ -61,6 +61,108 @@ def test_a_run_writes_config_checkpoints_history_and_metrics(finished_run: Path)
         assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == m["n"]
     pred = np.load(finished_run / "predictions-test.npz")
     assert pred["logits"].shape == (metrics["test"]["n"], 2)
+
+
+def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) per tag as TensorBoard shows the run folder: all its event files, purges applied."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0: keep every value
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def history_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """history.json as the scalars it should give (TensorBoard stores float32)."""
+    history = json.loads((run / "history.json").read_text())
+    return {
+        tag: [(h["epoch"], float(np.float32(h[key]))) for h in history if h[key] is not None]
+        for key, tag in events.TAGS.items()
+    }
+
+
+def test_a_run_writes_one_tensorboard_scalar_per_tag_and_epoch(finished_run: Path) -> None:
+    """Train/val loss, val accuracy and balanced accuracy, lr, throughput: the values of history.json."""
+    assert list(finished_run.glob("events.out.tfevents.*"))
+    got, want = tensorboard_scalars(finished_run), history_scalars(finished_run)
+    assert all(len(v) == 3 for v in want.values()), want  # every tag, every epoch (3)
+    assert got == want
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL inside the process (not an Exception: nothing catches it)."""
+
+
+def test_a_run_killed_between_its_events_and_its_checkpoint_has_one_scalar_per_epoch(
+    tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Epoch 2's events are flushed, its checkpoint is not: the resumed run runs epoch 2 again,
+    and its event file's purge_step hides the first one, so TensorBoard shows each epoch once."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    cfg = from_mapping(config(tiny_cache, tmp_path, epochs=3))
+    save = checkpoint.save
+
+    def save_or_die(path: Path, **kw: object) -> None:
+        if kw["progress"].epoch == 2:
+            raise Killed
+        save(path, **kw)
+
+    monkeypatch.setattr(checkpoint, "save", save_or_die)
+    with pytest.raises(Killed):
+        train(cfg, progress=False)
+    monkeypatch.setattr(checkpoint, "save", save)
+    run = run_dir(cfg)
+    assert load_ckpt(run / "last.pt")["progress"]["epoch"] == 1
+    train(cfg, progress=False)
+
+    files = sorted(run.glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    raw = [e.step for f in files for e in EventFileLoader(str(f)).Load() for v in e.summary.value
+           if v.tag == "loss/train"]  # fmt: skip
+    assert raw == [1, 2, 2, 3]  # epoch 2 twice on disk: the purge is what removes one
+    got, want = tensorboard_scalars(run), history_scalars(run)
+    assert all([step for step, _ in v] == [1, 2, 3] for v in want.values()), want
+    assert got == want
+
+
+def test_events_without_tensorboard_warn_once_and_write_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    monkeypatch.setattr(events, "_warned_missing", False)
+    record = {"epoch": 1, "train_loss": 0.5}
+    for name in ("a", "b"):
+        log = events.EpochEvents(tmp_path / name, first_epoch=1)
+        log.write(record)
+        log.write({**record, "epoch": 2})
+        log.close()
+    assert caplog.text.count("TensorBoard events are not written") == 1
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_an_event_write_error_is_logged_and_ends_only_the_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    class Broken:
+        def __init__(self, folder: str, purge_step: int) -> None:
+            calls.append(f"open {purge_step}")
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            calls.append("close")
+
+    monkeypatch.setattr(events, "_summary_writer", lambda: Broken)
+    log = events.EpochEvents(tmp_path, first_epoch=4)
+    log.write({"epoch": 4, "train_loss": 0.5})
+    log.write({"epoch": 5, "train_loss": 0.4})  # off after the error: not retried
+    log.close()
+    assert calls == ["open 4", "close"]
+    assert "TensorBoard events stopped after an error: [Errno 28] No space left on device" in caplog.text
 
 
 def test_the_kept_model_is_the_one_with_the_best_validation_loss(finished_run: Path) -> None:
@@ -134,6 +236,11 @@ def test_a_run_killed_midway_resumes_to_identical_weights(tiny_cache: Path, tmp_
     ma = json.loads((run_a / "metrics.json").read_text())
     mb = json.loads((run_b / "metrics.json").read_text())
     assert ma["test"] == mb["test"] and ma["best_epoch"] == mb["best_epoch"]
+    # TensorBoard: each epoch once across the killed and the resumed process's event files.
+    assert len(list(run_b.glob("events.out.tfevents.*"))) == 2
+    got, want = tensorboard_scalars(run_b), history_scalars(run_b)
+    assert all([step for step, _ in v] == [1, 2, 3] for v in want.values()), want
+    assert got == want
 
 
 def test_early_stopping_rule() -> None:
