@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="sweep config (.yaml, .yml or .toml)")
     add_set_argument(parser)
     parser.add_argument("--executor", choices=list(EXECUTORS), help="override the config's executor")
+    parser.add_argument("--watch", action="store_true", help="status: refresh until every job is done (or Ctrl-C)")
+    parser.add_argument(
+        "--interval", type=float, default=5.0, metavar="S", help="status --watch: seconds between reads"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     return run_main(lambda: _main(args))
@@ -36,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from medhpc.sweep.config import load_sweep
+    from medhpc.sweep.progress import watch
     from medhpc.sweep.run import failures, status
 
     overrides = parse_set(args.sets)
@@ -46,9 +51,12 @@ def _main(args: argparse.Namespace) -> int:
         return _report(cfg)
     if args.command == "run":
         EXECUTORS[cfg.executor](cfg)
+    if args.command == "status" and args.watch:
+        watch(lambda: status(cfg), args.interval)
     for kind, c in status(cfg).items():
         sys.stdout.write(
-            f"{kind:<9} {c['done']:>5} / {c['total']:<5} done  {c['running']:>4} running  {c['failed']:>4} failed\n"
+            f"{kind:<9} {c['done']:>5} / {c['total']:<5} done  {c['running']:>4} running  {c['queued']:>4} queued"
+            f"  {c['failed']:>4} failed\n"
         )
     failed = failures(cfg)
     for key, info in failed.items():

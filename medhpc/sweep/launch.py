@@ -29,6 +29,7 @@ from medhpc.cli import setup_logging
 from medhpc.errors import MedhpcError
 from medhpc.sweep.graph import JobGraph
 from medhpc.sweep.jobs import is_done, run_job
+from medhpc.sweep.progress import Progress, count_stages
 from medhpc.sweep.run import full_graph
 from medhpc.sweep.state import save_state
 
@@ -109,6 +110,17 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
     """
     backend = _backend(cfg)
     started = time.monotonic()
+    progress = Progress()
+    try:
+        return _drive(cfg, backend, poll_s, deadline_s, started, progress)
+    finally:
+        progress.close()
+
+
+def _drive(
+    cfg: SweepConfig, backend: Submitit, poll_s: float, deadline_s: float | None, started: float, progress: Progress
+) -> dict[str, Any]:
+    """The driver's loop (:func:`run_submitit`), showing the counts after every round."""
     done: set[str] = set()
     failed: dict[str, dict[str, Any]] = {}
     in_flight: dict[str, Any] = {}
@@ -139,6 +151,8 @@ def run_submitit(cfg: SweepConfig, poll_s: float = 1.0, deadline_s: float | None
                 in_flight[key] = sub
                 log.info("%s: submitted as %s", key, sub.job_id)
         save_state(cfg, graph, done, in_flight, failed)
+        recorded = {**dict.fromkeys(in_flight, {"state": "running"}), **dict.fromkeys(failed, {"state": "failed"})}
+        progress.update(count_stages({k: j.kind for k, j in graph.jobs.items()}, done, recorded))
         if not in_flight and not ready[: max(room, 0)]:
             break
         if deadline_s is not None and time.monotonic() - started > deadline_s:

@@ -6,11 +6,11 @@ on the same graph and jobs.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from medhpc.sweep.graph import JobGraph, expand, split_sizes
 from medhpc.sweep.jobs import is_done, run_job
+from medhpc.sweep.progress import count_stages
 from medhpc.sweep.state import read_state
 
 if TYPE_CHECKING:
@@ -40,23 +40,15 @@ def run_in_process(cfg: SweepConfig) -> JobGraph:
 
 
 def status(cfg: SweepConfig) -> dict[str, dict[str, int]]:
-    """Done, running, failed and total jobs per kind, for the graph as far as it is known.
+    """Done, running, queued, failed and total jobs per kind, for the graph as far as it is known.
 
     Done is read from the outputs; running and failed from the last driver's record
     (``<out>/.sweep/jobs.json``, :mod:`medhpc.sweep.state`), where a job that is done since
-    counts as done.
+    counts as done (:func:`medhpc.sweep.progress.count_stages`).
     """
     graph = full_graph(cfg)
-    recorded = read_state(cfg)
-    counts: dict[str, Counter[str]] = {}
-    for key, job in graph.jobs.items():
-        c = counts.setdefault(job.kind, Counter())
-        c["total"] += 1
-        if is_done(job):
-            c["done"] += 1
-        elif key in recorded:
-            c[recorded[key]["state"]] += 1
-    return {kind: {k: c[k] for k in ("done", "running", "failed", "total")} for kind, c in counts.items()}
+    done = [key for key, job in graph.jobs.items() if is_done(job)]
+    return count_stages({key: job.kind for key, job in graph.jobs.items()}, done, read_state(cfg))
 
 
 def failures(cfg: SweepConfig) -> dict[str, dict[str, str]]:

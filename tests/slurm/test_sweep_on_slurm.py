@@ -44,7 +44,7 @@ def test_tiny_sweep_runs_as_slurm_job_arrays(slurm_cluster, tmp_path: Path) -> N
     assert key.startswith("prepare-") and "nope" in info["error"] and Path(info["stderr"]).is_file()
     assert len(result["blocked"]) == 1
     counts = status(sweep)
-    assert counts["attack"] == {"done": 4, "running": 0, "failed": 0, "total": 4}
+    assert counts["attack"] == {"done": 4, "running": 0, "queued": 0, "failed": 0, "total": 4}
     assert counts["evaluate"]["done"] == 1
     assert verify_dir(Path(sweep.out) / "shards").ok
     ev = json.loads(next((Path(sweep.out) / "eval").glob("*.json")).read_text())

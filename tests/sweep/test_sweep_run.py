@@ -44,7 +44,7 @@ def test_tiny_sweep_runs_end_to_end_and_reruns_as_a_no_op(tmp_path: Path) -> Non
     counts = status(cfg)
     # attack: 2 models x 2 attacks x 2 shards
     totals = {"prepare": 1, "train": 2, "attack": 8, "evaluate": 2, "report": 1}
-    assert counts == {k: {"done": n, "running": 0, "failed": 0, "total": n} for k, n in totals.items()}
+    assert counts == {k: {"done": n, "running": 0, "queued": 0, "failed": 0, "total": n} for k, n in totals.items()}
     out = Path(cfg.out)
     assert verify_dir(out / "shards").ok
     report = json.loads((out / "report" / "summary.json").read_text())
@@ -96,7 +96,7 @@ def test_local_executor_runs_the_sweep_in_subprocesses_and_reports_a_failure(tmp
     assert len(result["blocked"]) == 2  # the missing dataset's linear and VIB models
     counts = status(cfg)
     assert counts["attack"]["done"] == counts["attack"]["total"] == 8
-    assert counts["prepare"] == {"done": 1, "running": 0, "failed": 1, "total": 2}
+    assert counts["prepare"] == {"done": 1, "running": 0, "queued": 0, "failed": 1, "total": 2}
 
     proc = subprocess.run([sys.executable, "-m", "medhpc.sweep", "status", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
