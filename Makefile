@@ -36,7 +36,7 @@ setup: $(VENV)/.built
 demo: setup
 	$(PY) -m medhpc info
 	$(PY) -m medhpc.sweep run medhpc/configs/sweep-demo.yaml --set out=$(DEMO_DIR)/sweep
-	@cat $(DEMO_DIR)/sweep/report/summary.md; echo "report (tables, figures, maps): $(DEMO_DIR)/sweep/report/index.md"
+	@cat $(DEMO_DIR)/sweep/report/summary.md; echo "report (tables, figures, gallery): open $(DEMO_DIR)/sweep/report/index.html in a browser (index.md for a forge)"
 
 # The static checks first (seconds), then the suite: CI runs exactly this.
 check: setup

@@ -23,8 +23,9 @@ from medhpc.report.uncertainty import attack_uncertainty
 
 log = logging.getLogger(__name__)
 
-#: Version of the evaluation JSON; an older file is not a finished evaluation.
-EVAL_FORMAT = 2
+#: Version of the evaluation JSON; an older file is not a finished evaluation (3: the maps file
+#: also holds the gallery's adversarial thumbnails, perturbations and confidences).
+EVAL_FORMAT = 3
 #: Figures draw images at most this large (the maps stay at their layer's resolution).
 THUMBNAIL = 128
 
@@ -94,15 +95,31 @@ def _clean_images(
     return x, (m[:, 0].numpy() > 0)
 
 
-def _thumbnails(x: Any, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    import torch
+def _shrink(x: Any) -> Any:
+    """Images (B, C, H, W) at the thumbnail size, antialiased, as float32 on the CPU."""
     import torch.nn.functional as F
 
     size = min(THUMBNAIL, x.shape[-1])
     t = x.detach().float().cpu()
     if t.shape[-1] != size:
         t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    images = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return t
+
+
+def _to_uint8(t: Any) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] as (B, H, W, C) bytes."""
+    import torch
+
+    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _thumbnails(x: Any, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    t = _shrink(x)
+    size = t.shape[-1]
+    images = _to_uint8(t)
     if masks is None:
         return images, np.zeros(images.shape[:3], dtype=bool)
     m = F.interpolate(torch.from_numpy(masks.astype(np.float32))[:, None], size=(size, size), mode="nearest")
@@ -135,7 +152,7 @@ def map_results(
     model, _ = load_model(run, dev)
     first = ShardReader(rows[0]["shards"], verify=False)
     n = len(first) if settings.map_images is None else min(len(first), settings.map_images)
-    head = first.read_range(0, n, ["index", "labels", "clean_pred"])
+    head = first.read_range(0, n, ["index", "labels", "clean_pred", "clean_probs"])
     x, masks = _clean_images(cache, split, head["index"], image_size, dev)
     size = x.shape[-1]
     labels = torch.from_numpy(head["labels"]).to(dev)
@@ -147,19 +164,22 @@ def map_results(
                                "kinds": kinds,
                                "clean": {k: M.score(clean_up[k], masks, settings.grid) for k in kinds}}  # fmt: skip
     pick = _pick(masks, n, settings.figure_images)
-    images, thumb_masks = _thumbnails(x[torch.from_numpy(pick).to(dev)], None if masks is None else masks[pick])
+    x_pick = x[torch.from_numpy(pick).to(dev)]
+    images, thumb_masks = _thumbnails(x_pick, None if masks is None else masks[pick])
     arrays: dict[str, np.ndarray] = {"images": images, "masks": thumb_masks, "index": head["index"][pick],
                                      "labels": head["labels"][pick], "clean_pred": head["clean_pred"][pick],
+                                     "clean_conf": _confidence(head["clean_probs"][pick], head["clean_pred"][pick]),
                                      "attacks": np.array([r["name"] for r in rows if _perturbs(r)])}  # fmt: skip
     for k in kinds:
         arrays[f"{k}_clean"] = clean[k][pick]
     adv_maps: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
-    adv_pred = []
+    gallery: dict[str, list[np.ndarray]] = {"adv_pred": [], "adv_conf": [], "adv_images": [], "perturbation": [],
+                                            "linf": []}  # fmt: skip
     for row in rows:
         if not _perturbs(row):
             row["maps"] = None  # its images are the clean ones
             continue
-        f = ShardReader(row["shards"], verify=False).read_range(0, n, ["x_adv", "adv_pred"])
+        f = ShardReader(row["shards"], verify=False).read_range(0, n, ["x_adv", "adv_pred", "adv_probs", "linf"])
         xa = torch.from_numpy(f["x_adv"].astype(np.float32)).to(dev)
         t = target if settings.target == "label" else torch.from_numpy(f["adv_pred"]).to(dev)
         adv = M.model_maps(model, xa, t)
@@ -168,13 +188,25 @@ def map_results(
             up = M.upsample(adv[k], size)
             row["maps"][k] = {"adversarial": M.score(up, masks, settings.grid), "shift": M.compare(clean_up[k], up)}
             adv_maps[k].append(adv[k][pick])
-        adv_pred.append(f["adv_pred"][pick])
+        xa_pick = xa[torch.from_numpy(pick).to(dev)]
+        gallery["adv_pred"].append(f["adv_pred"][pick])
+        gallery["adv_conf"].append(_confidence(f["adv_probs"][pick], f["adv_pred"][pick]))
+        gallery["adv_images"].append(_to_uint8(_shrink(xa_pick)))
+        # The perturbation the model saw, shrunk like the images (signed; the gallery amplifies it).
+        gallery["perturbation"].append(_shrink(xa_pick - x_pick).permute(0, 2, 3, 1).numpy().astype(np.float16))
+        gallery["linf"].append(f["linf"][pick].astype(np.float32))
     for k in kinds:
         if adv_maps[k]:
             arrays[f"{k}_adv"] = np.stack(adv_maps[k])
-    if adv_pred:
-        arrays["adv_pred"] = np.stack(adv_pred)
+    for key, parts in gallery.items():
+        if parts:
+            arrays[key] = np.stack(parts)
     return summary, arrays
+
+
+def _confidence(probs: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The probability the model gave its predicted class, per image."""
+    return np.asarray(probs, dtype=np.float32)[np.arange(len(pred)), np.asarray(pred, dtype=np.int64)]
 
 
 def evaluate_model(

@@ -1,11 +1,16 @@
-"""Write a sweep's report from its stored evaluations: tables, figures and an index page.
+"""Write a sweep's report from its stored evaluations: tables, figures, a gallery and two
+index pages.
 
 Layout, beside the results (``OUT/report/``)::
 
-    index.md                 every table inline and every figure, with links
-    tables/KEY.{md,csv,tex}  each table three ways
-    figures/*.png            accuracy vs β, accuracy vs ε, risk–coverage, detection ROC, maps
-    summary.md               accuracy under attack per model (the short table)
+    index.html                    the report as a web page (no server needed): sortable tables,
+                                  figures, warnings on the cells they concern, each model's
+                                  adversarial gallery, links to every file behind a number
+    index.md                      every table inline and every figure, for reading on a forge
+    tables/KEY.{md,csv,tex,json}  each table four ways
+    figures/*.png                 accuracy vs β, accuracy vs ε, risk–coverage, detection ROC, maps
+    gallery/MODEL/*.png           the gallery's tiles (clean, adversarial, perturbation, maps)
+    summary.md                    accuracy under attack per model (the short table)
     summary.json             the numbers behind the short table; written last (the report's
                              done marker, with ``format``)
 
@@ -23,13 +28,15 @@ import numpy as np
 from medhpc import __version__, atomic
 from medhpc.report import plots, tables
 from medhpc.report.config import ReportSettings
+from medhpc.report.gallery import write_gallery
+from medhpc.report.html import Figure, render_index
 from medhpc.report.results import ModelResult, ReportError, load_results
 from medhpc.report.table import Table
 
 log = logging.getLogger(__name__)
 
 #: Version of the report layout; an older ``summary.json`` is not a finished report.
-REPORT_FORMAT = 2
+REPORT_FORMAT = 3
 
 
 def _slug(*parts: str) -> str:
@@ -92,7 +99,9 @@ def _index(name: str, results: list[ModelResult], tabs: list[Table], figs: list[
            out: Path, settings: ReportSettings) -> str:  # fmt: skip
     lines = [f"# Report: {name}", "",
              f"medhpc {__version__}; {len(results)} models; every number below comes from the stored "
-             "evaluations (`eval/`), shards (`shards/`) and training runs (`runs/`).", ""]  # fmt: skip
+             "evaluations (`eval/`), shards (`shards/`) and training runs (`runs/`). The same report as a "
+             "web page, with each model's adversarial gallery and sortable tables: [index.html](index.html).",
+             ""]  # fmt: skip
     warned = [(m, w) for m in results for w in m.evaluation.get("warnings", [])]
     if warned:
         lines += ["## Gradient-masking warnings", ""]
@@ -101,14 +110,15 @@ def _index(name: str, results: list[ModelResult], tabs: list[Table], figs: list[
     lines += ["## Contents", "", "Tables:", ""]
     for t in tabs:
         lines.append(f"- [{t.title}](#{_anchor(t.title)}) "
-                     f"([md](tables/{t.key}.md), [csv](tables/{t.key}.csv), [tex](tables/{t.key}.tex))")  # fmt: skip
+                     f"([md](tables/{t.key}.md), [csv](tables/{t.key}.csv), [tex](tables/{t.key}.tex), "
+                     f"[json](tables/{t.key}.json))")  # fmt: skip
     lines += ["", "Figures:", ""]
     for section in dict.fromkeys(s for s, _, _ in figs):
         lines.append(f"- [{section}](#{_anchor(section)})")
     lines += ["", "## Tables", ""]
     for t in tabs:
         lines += [t.markdown(), f"Files: [md](tables/{t.key}.md), [csv](tables/{t.key}.csv), "
-                  f"[tex](tables/{t.key}.tex)", ""]  # fmt: skip
+                  f"[tex](tables/{t.key}.tex), [json](tables/{t.key}.json)", ""]  # fmt: skip
     lines += ["## Figures", ""]
     for section in dict.fromkeys(s for s, _, _ in figs):
         lines += [f"### {section}", ""]
@@ -146,18 +156,25 @@ def build_report(
         atomic.write_text(t.markdown(), out / "tables" / f"{t.key}.md")
         atomic.write_text(t.csv(), out / "tables" / f"{t.key}.csv")
         atomic.write_text(t.latex(), out / "tables" / f"{t.key}.tex")
+        atomic.write_text(t.json(), out / "tables" / f"{t.key}.json")
     figs = _figures(results, out / "figures")
+    galleries = [g for g in (write_gallery(m, out) for m in results) if g is not None]
     atomic.write_text(_index(name, results, tabs, figs, out, settings), out / "index.md")
+    html_figs = [Figure(s, c, p.relative_to(out).as_posix()) for s, c, p in figs]
+    atomic.write_text(render_index(name, results, tabs, html_figs, galleries, out, settings), out / "index.html")
     atomic.write_text(_summary_md(results), out / "summary.md")
     summary = {
         "format": REPORT_FORMAT, "job": job, "medhpc_version": __version__, "name": name,
         "inputs": {str(m.eval_path): m.evaluation.get("job") for m in results},
         "tables": [t.key for t in tabs], "figures": [p.relative_to(out).as_posix() for _, _, p in figs],
+        "pages": ["index.html", "index.md"],
+        "gallery": {g.model: {"panels": len(g.panels), "attacks": g.attacks} for g in galleries},
         "models": [{"run": m.run, "dataset": m.dataset, "arch": m.arch, "head": m.head, "beta": m.beta,
                     "weighting": m.weighting, "clean_test": m.metrics["test"],
                     "attacks": [{k: v for k, v in r.items() if k not in ("uncertainty", "maps")} for r in m.attacks],
                     "warnings": m.evaluation.get("warnings", [])} for m in results],
     }  # fmt: skip
     atomic.write_json(summary, out / "summary.json")
-    log.info("report: %d tables, %d figures in %s", len(tabs), len(figs), out)
+    log.info("report: %d tables, %d figures, %d gallery panels: %s", len(tabs), len(figs),
+             sum(len(g.panels) for g in galleries), out / "index.html")  # fmt: skip
     return summary

@@ -1,5 +1,6 @@
-"""A small table type rendered three ways: Markdown (the index page), CSV (analysis) and
-LaTeX (papers), with confidence intervals kept as numbers, not only as text.
+"""A small table type rendered four ways: Markdown (the forge page), CSV (analysis), LaTeX
+(papers) and JSON (programs), with confidence intervals kept as numbers, not only as text; the
+HTML page reads :meth:`Table.html_rows` (text, sort key and warning per cell).
 
 A cell is a value with an optional 95 % interval. Markdown and LaTeX print ``0.688 [0.444,
 0.858]``; CSV gives every column that carries intervals two more columns, ``<name> lo`` and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,11 +61,45 @@ class Table:
     columns: list[str]
     rows: list[list[Value]] = field(default_factory=list)
     note: str = ""
+    #: (row, column) -> the gradient-masking warnings that concern that cell
+    flags: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
     def add(self, row: Sequence[Value]) -> None:
         if len(row) != len(self.columns):
             raise ValueError(f"table {self.key}: row of {len(row)} cells for {len(self.columns)} columns")
         self.rows.append(list(row))
+
+    def flag(self, row: int, column: int, message: str) -> None:
+        """Mark a cell as concerned by a warning (highlighted on the HTML page)."""
+        if not (0 <= row < len(self.rows) and 0 <= column < len(self.columns)):
+            raise IndexError(f"table {self.key}: no cell ({row}, {column})")
+        self.flags.setdefault((row, column), []).append(message)
+
+    def html_rows(self) -> list[list[dict[str, Any]]]:
+        """Per cell: ``text``, ``sort`` (a number for numeric cells, else the text; missing
+        values sort as None) and ``flags`` (warning messages, empty when none)."""
+        out = []
+        for i, row in enumerate(self.rows):
+            cells = []
+            for j, v in enumerate(row):
+                cells.append({"text": _text(v), "sort": _sort_key(v), "flags": self.flags.get((i, j), [])})
+            out.append(cells)
+        return out
+
+    def json(self) -> str:
+        """Every cell as a number with its interval (``{"value", "lo", "hi"}``) or as text."""
+        def cell(v: Value) -> Any:
+            if isinstance(v, Cell):
+                return {"value": _num(v.value), "lo": _num(v.lo), "hi": _num(v.hi)}
+            if isinstance(v, float):
+                return _num(v)
+            return v
+
+        data = {"key": self.key, "title": self.title, "note": self.note, "columns": self.columns,
+                "rows": [[cell(v) for v in row] for row in self.rows],
+                "flags": [{"row": i, "column": j, "warnings": w}
+                          for (i, j), w in sorted(self.flags.items())]}  # fmt: skip
+        return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
     def markdown(self) -> str:
         def esc(s: str) -> str:
@@ -120,6 +156,21 @@ class Table:
 
     def _numeric(self, j: int) -> bool:
         return bool(self.rows) and all(isinstance(r[j], (Cell, int, float)) or r[j] is None for r in self.rows)
+
+
+def _num(v: float | None) -> float | None:
+    """JSON has no NaN: a missing or NaN value is null."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _sort_key(v: Value) -> float | str | None:
+    if isinstance(v, Cell):
+        return _num(v.value)
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (int, float)):
+        return _num(float(v))
+    return None if v is None else str(v)
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

@@ -72,9 +72,14 @@ def appendix_a(results: list[ModelResult]) -> Table:
 
 
 def _attacks_by_model(t: Table, models: list[ModelResult]) -> Table:
-    """Fill ``t`` with a row per attack (first-seen order) and a cell per model."""
-    for name in attack_names(models):
+    """Fill ``t`` with a row per attack (first-seen order) and a cell per model; a cell whose
+    attack a model's gradient-masking warning names is flagged with it."""
+    for i, name in enumerate(attack_names(models)):
         t.add([name, *(attack_cell(m.attack(name)) for m in models)])
+        for j, m in enumerate(models, start=1):
+            for w in m.evaluation.get("warnings", []):
+                if name in w.get("attacks", []):
+                    t.flag(i, j, f"{w['kind']}: {w['message']}")
     return t
 
 

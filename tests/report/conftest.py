@@ -98,6 +98,11 @@ def write_fixture(root: Path, maps: bool = True) -> Fixture:
                 "masks": np.pad(np.ones((2, 4, 4), bool), ((0, 0), (6, 6), (6, 6))),
                 "index": np.arange(2), "labels": np.array([1, 1]), "clean_pred": np.array([1, 0]),
                 "attacks": np.array(adv_names), "adv_pred": np.zeros((len(adv_names), 2), dtype=np.int64),
+                "clean_conf": np.array([0.9, 0.6], dtype=np.float32),
+                "adv_conf": np.full((len(adv_names), 2), 0.75, dtype=np.float32),
+                "adv_images": rng.integers(0, 255, size=(len(adv_names), 2, 16, 16, 3), dtype=np.uint8),
+                "perturbation": rng.uniform(-0.02, 0.02, size=(len(adv_names), 2, 16, 16, 3)).astype(np.float16),
+                "linf": np.full((len(adv_names), 2), 0.02, dtype=np.float32),
             }  # fmt: skip
             score = {"pointing_game": 0.5, "top_cell_iou": 0.25, "n_lesion": 4}
             for k in kinds:
@@ -120,3 +125,9 @@ def write_fixture(root: Path, maps: bool = True) -> Fixture:
 @pytest.fixture
 def stored(tmp_path: Path) -> Fixture:
     return write_fixture(tmp_path)
+
+
+@pytest.fixture
+def write_stored() -> Any:
+    """:func:`write_fixture` itself, for tests that change the stored sweep before reporting."""
+    return write_fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from medhpc.report.analyse import EVAL_FORMAT
 from medhpc.report.build import REPORT_FORMAT, build_report
 from medhpc.report.results import ReportError
 
@@ -51,7 +52,7 @@ def test_report_errors_name_the_missing_or_stale_file(stored, tmp_path: Path) ->
     ev = Path(stored.evaluations[0])
     data = json.loads(ev.read_text())
     ev.write_text(json.dumps({**data, "format": 1}))
-    with pytest.raises(ReportError, match=f"{ev.name}: evaluation format 1 is not 2; rerun the sweep"):
+    with pytest.raises(ReportError, match=f"{ev.name}: evaluation format 1 is not {EVAL_FORMAT}; rerun the sweep"):
         build_report(stored.evaluations, tmp_path / "r2")
     ev.write_text(json.dumps(data))
     npz = next((tmp_path / "eval").glob("*.maps.npz"))
