@@ -80,7 +80,8 @@ def _report(cfg: SweepConfig) -> int:
         raise MedhpcError(f"{len(missing)} evaluations are not done yet (python -m medhpc.sweep status)")
     Path(job.output).unlink(missing_ok=True)  # always rewritten from the stored results
     out = Path(run_job(job))
-    sys.stdout.write(out.with_suffix(".md").read_text() + f"\nreport: {out.parent / 'index.md'}\n")
+    page, md = out.parent / "index.html", out.parent / "index.md"
+    sys.stdout.write(out.with_suffix(".md").read_text() + f"\nreport: {page} (also {md})\n")
     return 0
 
 

@@ -66,7 +66,7 @@ def test_sweep_report_tables_match_the_shards_and_every_figure_exists(sweep: Pat
     assert proc.returncode == 0, proc.stderr
     out = Path(yaml.safe_load(sweep.read_text())["out"])
     report = out / "report"
-    assert f"report: {report / 'index.md'}" in proc.stdout
+    assert f"report: {report / 'index.html'} (also {report / 'index.md'})" in proc.stdout
     summary = json.loads((report / "summary.json").read_text())
     models = {m["run"]: m for m in summary["models"]}
     assert sorted((m["head"], m["beta"]) for m in models.values()) == [
