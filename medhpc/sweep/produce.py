@@ -11,6 +11,7 @@ and data meet the store, which knows none of them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,12 +148,11 @@ def attack_to_shard(
         attack=attack, split=split, start=start, model_hash=model_hash, model_config=model_config, run=str(run),
         dataset=str(dataset), set_size=set_size, seed=seed, samples=s, config_hash=config_hash, meta=meta,
     )  # fmt: skip
+    bar = tqdm(batches, desc=f"attack {attack.name}", unit="batch", disable=None if progress is None else not progress)
+    total = _length(batches)
+    began = time.monotonic()
     with ShardWriter(path, shard_meta, image_dtype=image_dtype, compression=compression) as writer:
-        for b, batch in enumerate(
-            tqdm(
-                batches, desc=f"attack {attack.name}", unit="batch", disable=None if progress is None else not progress
-            )
-        ):
+        for b, batch in enumerate(bar):
             x, y, batch_ids = _unpack(batch, b)
             i0 = start + writer.n
             n = x.shape[0]
@@ -178,8 +178,18 @@ def attack_to_shard(
                 arrays["clean_sample_probs"] = clean_draws
                 arrays["adv_sample_probs"] = adv_draws
             writer.append({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()})
+            if bar.disable:  # no bar (a SLURM log, CI): one line per batch instead
+                log.info("attack %s: batch %d%s done, %d images in %.1f s", attack.name, b + 1,
+                         f"/{total}" if total else "", writer.n, time.monotonic() - began)  # fmt: skip
     assert writer.info is not None
     return writer.info
+
+
+def _length(batches: Iterable[Any]) -> int | None:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def cache_batches(

@@ -166,3 +166,16 @@ def test_cuda_model_writes_the_same_shard_as_on_the_cpu(tmp_path: Path, tiny_mod
     assert gpu["linf"].max() <= 0.03 + 1e-6
     np.testing.assert_allclose(gpu["clean_probs"], cpu["clean_probs"], atol=1e-4)
     np.testing.assert_array_equal(gpu["labels"], cpu["labels"])
+
+
+def test_without_a_bar_each_batch_is_logged(tmp_path: Path, tiny_model: nn.Module, caplog: Any) -> None:
+    """A SLURM log or CI has no terminal for the bar: the attack job says how far it is."""
+    _, _, batches = _batches(5, [3, 2])
+    with caplog.at_level("INFO", logger="medhpc.sweep.produce"):
+        attack_to_shard(tmp_path / "s.h5", tiny_model, batches, AttackConfig("fgsm", eps=0.03), start=0,
+                        split="test", seed=0, model_hash="tiny", ids=[str(i) for i in range(5)],
+                        progress=False)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[0].startswith("attack fgsm-linf-eps0.03: batch 1/2 done, 3 images in ")
+    assert lines[1].startswith("attack fgsm-linf-eps0.03: batch 2/2 done, 5 images in ")
