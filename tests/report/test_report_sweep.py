@@ -113,6 +113,13 @@ def test_sweep_report_tables_match_the_shards_and_every_figure_exists(sweep: Pat
     with np.load(out / "eval" / ev["maps"]["file"]) as z:
         assert z["gradcam_clean"].shape == (2, 2, 2) and z["gradcam_adv"].shape == (2, 2, 2, 2)
         assert z["images"].shape == (2, 64, 64, 3) and z["masks"].any()  # lesion images drawn first
+        # the gallery's data: the adversarial images and what the attack added, per attack (ε 0.02, 0.05)
+        assert z["adv_images"].shape == (2, 2, 64, 64, 3) and z["perturbation"].shape == (2, 2, 64, 64, 3)
+        peak = np.abs(z["perturbation"].astype(np.float64)).max(axis=(1, 2, 3, 4))
+        assert peak == pytest.approx([0.02, 0.05], abs=1e-3)
+        clean_images = z["images"].astype(np.int64)
+        assert np.abs(z["adv_images"][1].astype(np.int64) - clean_images).max() <= round(0.05 * 255) + 1
+        assert (z["clean_conf"] >= 0.5).all() and (z["adv_conf"] >= 0.5).all()  # the predicted class of two
 
 
 @pytest.mark.slow
