@@ -58,7 +58,7 @@ def demo_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Run exactly as ``python -m medhpc.sweep run`` runs it: the config's own executor (``local``:
     submitit subprocesses, ``workers`` at a time), so the jobs, their parallelism and the
-    wall time are those of the demo. Takes about 8-10 minutes on a 2-core CPU; a test using it
+    wall time are those of the demo. Takes about 6 minutes on a 2-core CPU; a test using it
     should be marked ``slow`` with a ``timeout`` of ~1500 s (the first one pays for the run).
     """
     from medhpc.sweep import load_sweep

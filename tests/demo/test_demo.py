@@ -56,13 +56,14 @@ def test_enough_images_are_attacked(demo_sweep: Path) -> None:
             assert row["n"] >= MIN_ATTACKED, (_label(m), row["name"], row["n"])
 
 
-def _families(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
-    """Rows of one iterative, bounded attack that differ only in ε (and what is derived from it)."""
+def _families(rows: list[dict[str, Any]], one_step: bool = False) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """Rows of one iterative, bounded attack (or with ``one_step``, of FGSM) that differ only in
+    ε (and what is derived from it)."""
     out: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         cfg = row["config"]
         spec = get_attack(cfg["attack"])
-        if not (spec.bounded and spec.iterative):
+        if not (spec.one_step if one_step else spec.bounded and spec.iterative):
             continue
         skip = {"eps", *spec.derived, *RUNTIME}
         out[tuple((k, str(v)) for k, v in sorted(cfg.items()) if k not in skip)].append(row)
@@ -84,6 +85,26 @@ def test_iterative_attacks_fall_monotonically_with_eps(demo_sweep: Path) -> None
             assert all(b <= a for a, b in zip(acc, acc[1:], strict=False)), where
             if len(members) >= 3:
                 assert acc[-1] < clean, where
+
+
+def test_fgsm_falls_with_eps_too(demo_sweep: Path) -> None:
+    """A one-step attack need not be monotone in ε (a large step can overshoot), but the demo's
+    ε grid is small enough that FGSM falls too, and PGD is at least as strong at every ε: the
+    table reads as attacks on an undefended model should."""
+    for m in _summary(demo_sweep)["models"]:
+        fgsm = [f for f in _families(m["attacks"], one_step=True).values() if f[0]["config"]["attack"] == "fgsm"]
+        assert fgsm and max(len(f) for f in fgsm) >= 3, _label(m)
+        for members in fgsm:
+            members = sorted(members, key=lambda r: r["config"]["eps"])
+            acc = [r["accuracy"] for r in members]
+            assert all(b <= a for a, b in zip(acc, acc[1:], strict=False)), (_label(m), acc)
+        pgd = {(r["config"]["eps"], r["config"]["norm"]): r["accuracy"]
+               for r in m["attacks"] if r["config"]["attack"] == "pgd"}  # fmt: skip
+        for f in fgsm:
+            for r in f:
+                at = (r["config"]["eps"], r["config"]["norm"])
+                if at in pgd:
+                    assert pgd[at] <= r["accuracy"], (_label(m), at, pgd[at], r["accuracy"])
 
 
 def test_every_masking_warning_is_explained(demo_sweep: Path) -> None:
