@@ -1,12 +1,17 @@
 """Test-wide settings: GPU tests are reported as skipped, with the reason, where no GPU is;
-the ``timeout`` marker works without pytest-timeout; ``no_tf32`` for CPU-vs-GPU comparisons."""
+the ``timeout`` marker works without pytest-timeout; ``no_tf32`` for CPU-vs-GPU comparisons;
+``demo_sweep``, the demo study run once per session for every test that reads it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+#: The study ``make demo`` runs.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "medhpc" / "configs" / "sweep-demo.yaml"
 
 
 # pytest-timeout (a test extra) registers the ``timeout`` marker and ini key; without it
@@ -43,3 +48,27 @@ def no_tf32() -> Iterator[None]:
     finally:
         torch.backends.cudnn.allow_tf32 = saved[0]
         torch.set_float32_matmul_precision(saved[1])
+
+
+@pytest.fixture(scope="session")
+def demo_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of the real demo (``make demo``): ``medhpc/configs/sweep-demo.yaml``
+    with only ``out`` moved into a temporary folder, run once per session. Its report is under
+    ``report/`` (``summary.json``, ``summary.md``, ``index.md``), its evaluations under ``eval/``.
+
+    Run exactly as ``python -m medhpc.sweep run`` runs it: the config's own executor (``local``:
+    submitit subprocesses, ``workers`` at a time), so the jobs, their parallelism and the
+    wall time are those of the demo. Takes about 6 minutes on a 2-core CPU; a test using it
+    should be marked ``slow`` with a ``timeout`` of ~1500 s (the first one pays for the run).
+    """
+    from medhpc.sweep import load_sweep
+    from medhpc.sweep.executors import EXECUTORS
+    from medhpc.sweep.run import failures, status
+
+    out = tmp_path_factory.mktemp("demo") / "sweep"
+    cfg = load_sweep(DEMO_CONFIG, {"out": str(out)}, check_roots=True)
+    EXECUTORS[cfg.executor](cfg)
+    assert not failures(cfg), failures(cfg)
+    counts = status(cfg)
+    assert all(c["done"] == c["total"] for c in counts.values()), counts
+    return out

@@ -151,6 +151,43 @@ def _margin(a: dict[str, Any], b: dict[str, Any], tolerance: float) -> float:
     return tolerance + 2 * math.sqrt(p * (1 - p) / n)
 
 
+#: What each kind of :func:`masking_warnings` flag means, in plain words: shown beside the flag
+#: (its ``explanation``) so that a reader can tell a real finding from a broken evaluation.
+EXPLANATIONS: dict[str, str] = {
+    "accuracy_rises_with_eps": (
+        "A bigger perturbation budget should never make an attack weaker: every image the smaller "
+        "budget allows is also allowed by the bigger one. When accuracy goes up as epsilon grows, the "
+        "attack is not finding the worst case, typically because the model's gradients are "
+        "uninformative (saturated or flat logits, a model that barely learned, or a one-step attack "
+        "overshooting). The accuracies at the larger epsilon overstate robustness: attack with more "
+        "steps or random restarts before trusting them."
+    ),
+    "one_step_beats_iterative": (
+        "An iterative attack that can reach the edge of the same epsilon-ball includes the one-step "
+        "attack's move as a possibility, so it should be at least as strong. A one-step attack (FGSM) "
+        "doing better means the iterative attack's gradient steps lead it astray: a sign of gradient "
+        "masking (a noisy or locally misleading loss surface). Trust neither number until the "
+        "iterative attack, given more steps or restarts, is the stronger one."
+    ),
+    "black_box_beats_white_box": (
+        "A black-box attack (SPSA) only queries the model's outputs, while a white-box attack uses its "
+        "exact gradients, so at the same epsilon the white-box attack should be at least as strong. "
+        "When the black-box attack does better, the gradients the white-box attack follows are "
+        "obfuscated: shattered, saturated, or randomised (a stochastic head such as VIB draws new "
+        "noise in every forward pass, so each gradient is that of one random draw). The white-box "
+        "accuracy then overstates robustness; the black-box number is the more honest one, and "
+        "averaging gradients over draws (EOT) is the fix to try."
+    ),
+    "unbounded_attack_fails": (
+        "An attack without an epsilon bound (CW-L2) may change the image as much as it needs to, so "
+        "given enough iterations it should fool the model on almost every image. When it leaves "
+        "accuracy well above zero, either its budget (steps, binary-search steps, learning rate, "
+        "initial constant) is too small for this model or the gradients it follows are masked; its "
+        "perturbation sizes are then not the minimal ones and its accuracy is no robustness."
+    ),
+}
+
+
 def masking_warnings(
     rows: Sequence[dict[str, Any]],
     *,
@@ -183,7 +220,8 @@ def masking_warnings(
     under attack for true labels, the share of predictions kept for ``label_mode: pred``.
 
     ``rows`` are :func:`evaluate_robustness` rows (``config``, ``name``, ``success_rate``,
-    ``n``). Returns a list of ``{"kind", "message", "attacks"}`` dicts.
+    ``n``). Returns a list of ``{"kind", "message", "attacks", "explanation"}`` dicts; the
+    ``explanation`` is the kind's plain-words paragraph from :data:`EXPLANATIONS`.
     """
     # An attack's strength is the share of images it failed on, 1 - success rate: the
     # accuracy under attack when it attacks the true labels. With label_mode "pred" the
@@ -193,7 +231,7 @@ def masking_warnings(
     out: list[dict[str, Any]] = []
 
     def flag(kind: str, message: str, *names: str) -> None:
-        out.append({"kind": kind, "message": message, "attacks": list(names)})
+        out.append({"kind": kind, "message": message, "attacks": list(names), "explanation": EXPLANATIONS[kind]})
 
     families: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medhpc.attacks.config import AttackConfig
-from medhpc.config import ConfigError, bad, load, nohash
+from medhpc.config import ConfigError, bad, hashed_when_set, load, nohash
 from medhpc.models.config import AttentionConfig, VIBConfig
 from medhpc.models.registry import ARCHS, HEADS, base_head
 from medhpc.report.config import ReportSettings
@@ -24,18 +24,27 @@ DataKind = Literal["aptos", "cxr", "folder"]
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """Generate the dataset first (``python -m medhpc.data synth``) instead of reading one."""
+    """Generate the dataset first (``python -m medhpc.data synth``) instead of reading one.
+
+    ``lesion_contrast`` and ``lesions`` (lesion strength and count scale) are ``--lesion-contrast``
+    and ``--lesions`` of ``python -m medhpc.data synth``; None keeps the painters' defaults.
+    ``lesions`` was added later: it enters the hash only when set, so configs without it keep
+    their caches.
+    """
 
     n: int
     size: int = 128
     seed: int = 0
     lesion_contrast: float | None = None
+    lesions: int | None = hashed_when_set()
 
     def _check(self) -> None:
         if self.n < 20:
             raise bad("n", f"must be >= 20 images (each split needs both classes), got {self.n}")
         if self.size < 32:
             raise bad("size", f"must be >= 32 px, got {self.size}")
+        if self.lesions is not None and self.lesions < 1:
+            raise bad("lesions", f"must be >= 1, got {self.lesions}")
 
 
 @dataclass(frozen=True)

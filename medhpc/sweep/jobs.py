@@ -79,7 +79,8 @@ class PrepareJob:
             if not (root / SYNTH_RECORD).is_file():
                 partial = root.with_name(root.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
-                make_synthetic(ds.kind, partial, n=s.n, size=s.size, seed=s.seed, lesion_contrast=s.lesion_contrast)
+                make_synthetic(ds.kind, partial, n=s.n, size=s.size, seed=s.seed, lesion_contrast=s.lesion_contrast,
+                               lesions=s.lesions)  # fmt: skip
                 shutil.rmtree(root, ignore_errors=True)
                 os.replace(partial, root)
         prepare = importlib.import_module("medhpc.data.prepare").prepare

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from medhpc.attacks import AttackConfig, evaluate_robustness, masking_warnings
+from medhpc.attacks.robustness import EXPLANATIONS
 from medhpc.config import to_dict
 
 SMALL = [
@@ -95,6 +96,24 @@ def test_each_masking_sign_raises_its_flag() -> None:
     ]
     for w in masking_warnings(rows):
         assert w["message"] and w["attacks"]
+
+
+def test_every_flag_explains_its_kind_in_words() -> None:
+    """Each flag carries its kind's paragraph (the report shows it beside the flag), and every
+    kind the function can raise has one."""
+    rows = [
+        _row("pgd", 0.30, eps=0.02, steps=5, step_size=0.01),
+        _row("pgd", 0.40, eps=0.05, steps=5, step_size=0.01),
+        _row("fgsm", 0.10, eps=0.02),
+        _row("spsa", 0.05, eps=0.02),
+        _row("cw_l2", 0.20, success=0.8),
+    ]
+    flags = masking_warnings(rows)
+    assert {w["kind"] for w in flags} == set(EXPLANATIONS)
+    for w in flags:
+        assert w["explanation"] == EXPLANATIONS[w["kind"]]
+    for kind, text in EXPLANATIONS.items():
+        assert len(text.split()) >= 30, kind  # a paragraph, not a label
 
 
 def test_no_flags_on_a_consistent_table() -> None:

@@ -112,3 +112,35 @@ def test_shipped_sweep_configs_load() -> None:
     for path in files:
         cfg = load_sweep(path)
         assert expand(cfg).jobs
+
+
+def test_synthetic_lesions_enter_the_cache_name_only_when_set() -> None:
+    """``synthetic.lesions`` was added after caches existed: unset, the prepare job (and so the
+    cache, and every job after it) keeps its name; set, it names another cache."""
+    from medhpc.sweep.graph import prepare_job
+
+    def cache(synthetic: dict[str, object]) -> str:
+        data = {**BASE, "datasets": [{**BASE["datasets"][0], "synthetic": synthetic}]}
+        cfg = from_dict(SweepConfig, data)
+        return prepare_job(cfg, cfg.datasets[0]).cache
+
+    assert cache({"n": 100}) == cache({"n": 100, "lesions": None})
+    assert cache({"n": 100, "lesions": 40}) != cache({"n": 100})
+    with pytest.raises(ConfigError, match=r"lesions: must be >= 1"):
+        from_dict(SweepConfig, {**BASE, "datasets": [{**BASE["datasets"][0], "synthetic": {"n": 100, "lesions": 0}}]})
+
+
+def test_local_jobs_share_the_cores_out_as_torch_threads() -> None:
+    """Two 2-thread jobs on 2 cores wait on each other's threads: a local sweep gives each of
+    its ``workers`` jobs cores // workers threads (at least one); a cluster job keeps torch's
+    default, its allocation's cores."""
+    import os
+
+    from medhpc.sweep.launch import SUBMITIT, JobRunner, job_threads
+
+    cores = len(os.sched_getaffinity(0))
+    for workers in (1, 2, 64):
+        cfg = from_dict(SweepConfig, {**BASE, "workers": workers})
+        assert job_threads(cfg, SUBMITIT["local"]) == max(1, cores // workers)
+        assert job_threads(cfg, SUBMITIT["slurm"]) is None
+    assert JobRunner().threads is None
