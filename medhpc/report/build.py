@@ -91,7 +91,7 @@ def _summary_md(results: list[ModelResult]) -> str:
     lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for m in results:
         acc = {r["name"]: f"{r['accuracy']:.3f}" for r in m.attacks}
-        lines.append(f"| {m.name} | " + " | ".join(acc.get(n, "") for n in names) + " |")
+        lines.append(f"| {m.label} (`{m.name}`) | " + " | ".join(acc.get(n, "") for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
