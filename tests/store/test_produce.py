@@ -175,7 +175,7 @@ def test_without_a_bar_each_batch_is_logged(tmp_path: Path, tiny_model: nn.Modul
         attack_to_shard(tmp_path / "s.h5", tiny_model, batches, AttackConfig("fgsm", eps=0.03), start=0,
                         split="test", seed=0, model_hash="tiny", ids=[str(i) for i in range(5)],
                         progress=False)  # fmt: skip
-    lines = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attack ")]
     assert len(lines) == 2
     assert lines[0].startswith("attack fgsm-linf-eps0.03: batch 1/2 done, 3 images in ")
     assert lines[1].startswith("attack fgsm-linf-eps0.03: batch 2/2 done, 5 images in ")
