@@ -116,3 +116,25 @@ def test_every_masking_warning_is_explained(demo_sweep: Path) -> None:
     for path in sorted((demo_sweep / "eval").glob("*.json")):
         for w in json.loads(path.read_text()).get("warnings", []):
             assert w.get("explanation"), (path.name, w)
+
+
+def test_tensorboard_lists_every_demo_run_with_its_epochs(demo_sweep: Path) -> None:
+    """``tensorboard --logdir OUT/runs`` on the demo: tensorboard's own reader of a log folder
+    (its event multiplexer, no server) finds every training run, with one value per epoch of
+    history.json."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    from medhpc.train import events
+
+    runs = demo_sweep / "runs"
+    trained = {p.parent.relative_to(runs).as_posix(): p for p in runs.rglob("history.json")}
+    assert len(trained) == 4, sorted(trained)
+    mux = EventMultiplexer(size_guidance={"scalars": 0})
+    mux.AddRunsFromDirectory(str(runs))
+    mux.Reload()
+    assert set(mux.Runs()) == set(trained)
+    for name, history_file in trained.items():
+        epochs = [h["epoch"] for h in json.loads(history_file.read_text())]
+        for tag in ("loss/train", "lr"):
+            assert tag in events.TAGS.values()
+            assert [e.step for e in mux.Scalars(name, tag)] == epochs, (name, tag)
