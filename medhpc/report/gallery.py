@@ -69,16 +69,8 @@ class Gallery:
 def _png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    buf = _encode(Image.fromarray(np.ascontiguousarray(image)))
-    atomic.write_with(path, lambda fh: fh.write(buf))
-
-
-def _encode(img: object) -> bytes:
-    import io
-
-    out = io.BytesIO()
-    img.save(out, format="PNG")  # type: ignore[attr-defined]
-    return out.getvalue()
+    img = Image.fromarray(np.ascontiguousarray(image))
+    atomic.write_with(path, lambda fh: img.save(fh, format="PNG"))
 
 
 def _overlay(image: np.ndarray, scaled: np.ndarray) -> np.ndarray:
@@ -130,6 +122,7 @@ def write_gallery(m: ModelResult, out: Path) -> Gallery | None:
     size = arrays["images"].shape[1]
     folder = out / "gallery" / _slug(m.name)
     clean_scaled = {k: upsample(arrays[f"{k}_clean"], size) for k in kinds}
+    adv_scaled = {k: [upsample(per_attack, size) for per_attack in arrays[f"{k}_adv"]] for k in kinds}
     panels: list[Panel] = []
     attacks = [str(a) for a in arrays["attacks"]]
 
@@ -150,8 +143,7 @@ def write_gallery(m: ModelResult, out: Path) -> Gallery | None:
             tiles = [base[0], tile("adversarial", arrays["adv_images"][a, i], f"{stem}-adv"),
                      tile(f"perturbation ×{gain:.0f}", amp_image, f"{stem}-perturbation")]  # fmt: skip
             for j, k in enumerate(kinds):
-                adv_scaled = upsample(arrays[f"{k}_adv"][a, i : i + 1], size)[0]
-                overlay = _overlay(arrays["adv_images"][a, i], adv_scaled)
+                overlay = _overlay(arrays["adv_images"][a, i], adv_scaled[k][a][i])
                 tiles += [base[1 + j], tile(f"{_kind_name(k)} adversarial", overlay, f"{stem}-{k}")]
             panels.append(Panel(
                 attack=attack, index=idx, label=classes[int(arrays["labels"][i])],
