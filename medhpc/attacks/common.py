@@ -16,6 +16,7 @@ The rules all attacks follow, so that a sweep can run them on a GPU at full spee
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -68,6 +69,15 @@ class AttackResult:
     const : (B,) tensor or None
         CW-L2 only: the trade-off constant c of each image's best example (NaN where the
         attack failed), the per-image outcome of the binary search.
+    queries : (B,) int64 tensor or None
+        Score-based attacks (Square, SPSA): model queries spent on each image, for comparisons
+        at an equal query budget.
+    min_norm : (B,) tensor or None
+        Minimum-norm attacks (FAB) and the worst case: the smallest perturbation norm (in the
+        attack's norm) of a successful example found for each image, inf where none was;
+        ``x_adv`` itself stays inside the ε-ball.
+    broken_by : (B,) int64 tensor or None
+        The worst-case ensemble: the index of the member that broke each image, -1 where none did.
     """
 
     x_adv: torch.Tensor
@@ -78,14 +88,17 @@ class AttackResult:
     linf: torch.Tensor
     targeted: bool = False
     const: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    min_norm: torch.Tensor | None = None
+    broken_by: torch.Tensor | None = None
 
     def cpu(self) -> AttackResult:
         """A copy with every tensor on the CPU (one transfer per field, after the attack)."""
-        const = None if self.const is None else self.const.cpu()
-        return AttackResult(
-            self.x_adv.cpu(), self.labels.cpu(), self.success.cpu(), self.pred.cpu(),
-            self.l2.cpu(), self.linf.cpu(), self.targeted, const,
-        )  # fmt: skip
+        moved: dict[str, Any] = {
+            f.name: v.cpu() if isinstance(v := getattr(self, f.name), torch.Tensor) else v
+            for f in dataclasses.fields(self)
+        }
+        return AttackResult(**moved)
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers for logs and JSON: success rate and mean perturbation norms."""
@@ -415,12 +428,19 @@ def finish(
     targeted: bool,
     seed: int,
     const: torch.Tensor | None = None,
+    *,
+    queries: torch.Tensor | None = None,
+    min_norm: torch.Tensor | None = None,
+    broken_by: torch.Tensor | None = None,
 ) -> AttackResult:
     """Evaluate the final images once and package the result (one extra forward)."""
     x_adv = x_adv.detach()
     pred, success = decide(model_logits(model, x_adv, derive_seed(seed, 0xF1A1)), labels, targeted)
     l2, linf = perturbation_norms(x_adv, x)
-    return AttackResult(x_adv, labels, success, pred, l2.to(x.dtype), linf.to(x.dtype), targeted, const)
+    return AttackResult(
+        x_adv, labels, success, pred, l2.to(x.dtype), linf.to(x.dtype), targeted, const,
+        queries=queries, min_norm=min_norm, broken_by=broken_by,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

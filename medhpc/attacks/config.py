@@ -61,6 +61,14 @@ def _norm(value: Any) -> str | None:
     return None if value in ("linf", "l2") else "must be 'linf' or 'l2'"
 
 
+def _loss(value: Any) -> str | None:
+    return None if value in ("ce", "margin", "dlr") else "must be 'ce', 'margin' or 'dlr'"
+
+
+def _fraction(value: Any) -> str | None:
+    return None if _real(value) and 0 < value <= 1 else "must be a number in (0, 1]"
+
+
 def param(check: Check, *, added_later: bool = False) -> Any:
     """A tunable attack parameter: None unless the attack takes it; ``check`` says what it accepts.
 
@@ -112,6 +120,11 @@ class AttackConfig:
     samples: int | None = param(_count)
     early_stop_loss: float | None = param(_number)
     restarts: int | None = param(_count)
+    loss: Literal["ce", "margin", "dlr"] | None = param(_loss, added_later=True)
+    queries: int | None = param(_count, added_later=True)
+    p_init: float | None = param(_fraction, added_later=True)
+    abort_early: bool | None = param(_flag, added_later=True)
+    abort_every: int | None = param(_count, added_later=True)
     targeted: bool = False
     label_mode: Literal["true", "pred"] = "true"
     clip: tuple[float, float] | None = (0.0, 1.0)
