@@ -69,6 +69,11 @@ def _fraction(value: Any) -> str | None:
     return None if _real(value) and 0 < value <= 1 else "must be a number in (0, 1]"
 
 
+def _members(value: Any) -> str | None:
+    ok = isinstance(value, tuple) and len(value) > 0
+    return None if ok else "must list at least one attack config"
+
+
 def param(check: Check, *, added_later: bool = False) -> Any:
     """A tunable attack parameter: None unless the attack takes it; ``check`` says what it accepts.
 
@@ -95,7 +100,8 @@ class AttackConfig:
     """One attack and all its parameters.
 
     ``attack`` is the name of a registered attack (:data:`ATTACKS`): ``none`` (clean
-    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``. ``eps`` is required by
+    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``, ``worst_case`` (its
+    ``members`` are attack configs themselves). ``eps`` is required by
     the bounded attacks and must be left out for the others. ``label_mode`` "pred" attacks the
     model's own predictions (the original scripts' y = None); "true" the true labels; with
     ``targeted`` the labels given to :func:`run_attack` are the targets. ``clip`` None
@@ -125,6 +131,7 @@ class AttackConfig:
     p_init: float | None = param(_fraction, added_later=True)
     abort_early: bool | None = param(_flag, added_later=True)
     abort_every: int | None = param(_count, added_later=True)
+    members: tuple[AttackConfig, ...] | None = param(_members, added_later=True)
     targeted: bool = False
     label_mode: Literal["true", "pred"] = "true"
     clip: tuple[float, float] | None = (0.0, 1.0)
@@ -144,7 +151,9 @@ class AttackConfig:
         settings = dataclasses.asdict(self)
         for key, rule in spec.derived.items():
             if getattr(self, key) is None:
-                object.__setattr__(self, key, rule(settings))
+                object.__setattr__(self, key, _nested(rule(settings)))
+        if spec.derived:
+            self._check_values()
 
     @property
     def spec(self) -> AttackSpec:
@@ -172,6 +181,10 @@ class AttackConfig:
             if value is not None:
                 problem = check(value)
                 need(key, problem is None, problem or "")
+        if spec.check is not None:
+            found = spec.check({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+            if found is not None:
+                raise AttackConfigError(*found)
         need("label_mode", self.label_mode in ("true", "pred"), "must be 'true' or 'pred'")
         if self.targeted:
             need(
@@ -211,6 +224,8 @@ class AttackConfig:
             parts.append("targeted")
         if self.eot not in (None, 1):
             parts.append(f"eot{self.eot}")
+        if self.members is not None:
+            parts.append("+".join(m.attack + (f"_{m.loss}" if m.loss else "") for m in self.members))
         return "-".join(parts)
 
     def kwargs(self) -> dict[str, Any]:
@@ -228,6 +243,14 @@ class AttackConfig:
 TUNABLE: dict[str, Check] = {
     f.name: f.metadata["check"] for f in dataclasses.fields(AttackConfig) if "check" in f.metadata
 }
+
+
+def _nested(value: Any) -> Any:
+    """A derived value as a field holds it: mappings (the worst case's default members) become
+    attack configs."""
+    if isinstance(value, tuple) and value and all(isinstance(v, dict) for v in value):
+        return tuple(AttackConfig(**v) for v in value)
+    return value
 
 
 def _takes(spec: AttackSpec) -> str:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import torch
 
 from medhpc import __version__, atomic
-from medhpc.attacks.config import AttackConfig, paper_attacks
+from medhpc.attacks.config import AttackConfig
+from medhpc.attacks.presets import PresetName, preset_attacks
 from medhpc.attacks.robustness import evaluate_robustness
 from medhpc.config import bad, config_hash, load, nohash, to_dict
 from medhpc.data.cache import CacheLoader, prepare_batch
@@ -33,7 +34,8 @@ class RobustnessConfig:
     """Which model, which images, which attacks.
 
     ``run``: a training run folder (its kept model ``best.pt``) or a checkpoint file.
-    ``attacks`` lists attack configs; ``preset: paper`` adds the paper's rows first.
+    ``attacks`` lists attack configs; ``preset`` (a name of :data:`medhpc.attacks.presets.PRESETS`
+    or a list of them: ``paper``, ``strong``) adds its rows first.
     ``label_mode``, when given, sets the label mode of every attack (``pred``: the model's own
     predictions, as the scripts did; ``true``: the true labels); left out, each listed attack
     keeps its own (default ``true``) and the preset's rows use ``pred``. ``cache``
@@ -43,7 +45,7 @@ class RobustnessConfig:
 
     run: str
     attacks: tuple[AttackConfig, ...] = ()
-    preset: Literal["paper"] | None = None
+    preset: PresetName | tuple[PresetName, ...] | None = None
     label_mode: Literal["true", "pred"] | None = None
     cache: str | None = None
     split: Literal["train", "val", "test"] = "test"
@@ -55,7 +57,7 @@ class RobustnessConfig:
 
     def _check(self) -> None:
         if not self.attacks and self.preset is None:
-            raise bad("attacks", "list at least one attack, or set preset: paper")
+            raise bad("attacks", "list at least one attack, or set a preset (paper, strong)")
         if self.limit is not None and self.limit < 1:
             raise bad("limit", f"must be >= 1 or null, got {self.limit}")
         if self.batch_size < 1:
@@ -68,7 +70,7 @@ class RobustnessConfig:
                 raise bad(f"attacks[{targeted[0]}].targeted", "a targeted attack needs label_mode 'true'")
 
     def attack_list(self) -> list[AttackConfig]:
-        rows = list(paper_attacks(self.label_mode or "pred")) if self.preset == "paper" else []
+        rows = preset_attacks(self.preset, self.label_mode or "pred")
         rows += list(self.attacks)
         if self.label_mode is not None:
             rows = [dataclasses.replace(a, label_mode=self.label_mode) for a in rows]

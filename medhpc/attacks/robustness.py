@@ -24,6 +24,7 @@ from medhpc.attacks.config import AttackConfig, run_attack
 from medhpc.attacks.registry import get_attack
 from medhpc.attacks.spec import RUNTIME, AttackSpec
 from medhpc.config import config_hash, to_dict
+from medhpc.metrics import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,16 @@ def evaluate_robustness(
             t["linf"] += res.linf.double().sum()
             t["l2_success"] += (res.l2.double() * ok).sum()
             t["linf_success"] += (res.linf.double() * ok).sum()
-    rows = [attack_row(cfg, {k: float(v) for k, v in t.items()}) for cfg, t in zip(attacks, totals, strict=True)]
+            if res.broken_by is not None and cfg.members is not None:
+                counts = torch.bincount(res.broken_by + 1, minlength=len(cfg.members) + 1).double()
+                t["broken_by"] = t["broken_by"] + counts if "broken_by" in t else counts
+    rows = []
+    for cfg, t in zip(attacks, totals, strict=True):
+        breaks = t.pop("broken_by", None)
+        row = attack_row(cfg, {k: float(v) for k, v in t.items()})
+        if breaks is not None:
+            row["broken_by"] = member_breaks(cfg, [int(c) for c in breaks.tolist()])
+        rows.append(row)
     for row in rows:
         log.info(
             "%s: accuracy %.4f, success %.4f, mean L2 %.4g, mean Linf %.4g",
@@ -124,12 +134,25 @@ def attack_row(cfg: AttackConfig, t: dict[str, float]) -> dict[str, Any]:
         "config": to_dict(cfg),
         "n": int(n),
         "accuracy": t["correct"] / n,
+        "accuracy_interval": list(wilson_interval(round(t["correct"]), int(n))),
         "success_rate": ok / n,
         "mean_l2": t["l2"] / n,
         "mean_linf": t["linf"] / n,
         "mean_l2_successful": t["l2_success"] / ok if ok else None,
         "mean_linf_successful": t["linf_success"] / ok if ok else None,
     }
+
+
+def member_breaks(cfg: AttackConfig, counts: Sequence[int]) -> list[dict[str, Any]]:
+    """An ensemble's images per member that broke them: ``counts[0]`` none did, ``counts[k]``
+    member ``k - 1`` (a bincount of ``broken_by + 1``). Each entry: ``member`` (its name, or
+    "none"), ``index`` (-1 for none) and ``images``."""
+    members = cfg.members or ()
+    if len(counts) != len(members) + 1:
+        raise ValueError(f"{cfg.name}: {len(counts)} counts for {len(members)} members and 'none'")
+    pairs = enumerate(zip(members, counts[1:], strict=True))
+    out = [{"member": m.name, "index": k, "images": int(c)} for k, (m, c) in pairs]
+    return out + [{"member": "none", "index": -1, "images": int(counts[0])}]
 
 
 def _spec(row: dict[str, Any]) -> AttackSpec:
@@ -240,9 +263,9 @@ def masking_warnings(
     for members in families.values():
         members = sorted(members, key=lambda r: r["config"]["eps"])
         for small, large in zip(members, members[1:], strict=False):
-            if large["config"]["eps"] > small["config"]["eps"] and large["accuracy"] > small[
-                "accuracy"
-            ] + _margin(small, large, tolerance):
+            if large["config"]["eps"] > small["config"]["eps"] and large["accuracy"] > small["accuracy"] + _margin(
+                small, large, tolerance
+            ):
                 flag(
                     "accuracy_rises_with_eps",
                     f"{large['name']}: accuracy {large['accuracy']:.4f} above {small['accuracy']:.4f} "

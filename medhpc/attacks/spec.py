@@ -45,6 +45,8 @@ class AttackSpec:
         ε 0.02 cannot, so it may legitimately be weaker than FGSM).
     fixed : keyword-only parameters of the function that no config sets (kept at their
         defaults: APGD's momentum and ρ, PGD's explicit start for the parity tests).
+    check : a cross-field check of a config's settings (the worst case's members against its
+        ε), returning ``(key, problem)`` or None; single values are checked by their fields.
     """
 
     name: str
@@ -57,6 +59,7 @@ class AttackSpec:
     derived: Mapping[str, Callable[[Mapping[str, Any]], Any]] = field(default_factory=dict)
     reaches_surface: Callable[[Mapping[str, Any]], bool] = _always
     fixed: tuple[str, ...] = ()
+    check: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None
 
     @cached_property
     def signature(self) -> dict[str, Any]:

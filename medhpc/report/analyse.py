@@ -52,7 +52,7 @@ def attack_rows(shard_sets: tuple[str, ...], settings: ReportSettings) -> list[d
     """One row per shard set, as :func:`medhpc.attacks.evaluate_robustness` builds its rows,
     with the attack's uncertainty results under ``uncertainty``."""
     from medhpc.attacks.config import AttackConfig
-    from medhpc.attacks.robustness import attack_row
+    from medhpc.attacks.robustness import attack_row, member_breaks
     from medhpc.config import from_dict
     from medhpc.store import ShardReader
 
@@ -63,6 +63,9 @@ def attack_rows(shard_sets: tuple[str, ...], settings: ReportSettings) -> list[d
         f = reader.read(_ROW_FIELDS + (_SAMPLE_FIELDS if stochastic else []))
         attack = from_dict(AttackConfig, reader.attack_config, source=folder)
         row = {**attack_row(attack, _totals(f)), "shards": folder}
+        if "broken_by" in reader.fields and attack.members is not None:
+            broken = reader.read(["broken_by"])["broken_by"] + 1
+            row["broken_by"] = member_breaks(attack, np.bincount(broken, minlength=len(attack.members) + 1).tolist())
         row["uncertainty"] = attack_uncertainty(
             f, fpr=settings.fpr, coverages=settings.coverages, detect=attack.spec.perturbs
         )

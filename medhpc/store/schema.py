@@ -50,6 +50,14 @@ name                   dtype            shape                 meaning
                                                               reached the target)
 ``const``              float32          (N,)                  CW-L2 only: trade-off constant of each image's
                                                               best example (NaN where the attack failed)
+``queries``            int64            (N,)                  score-based attacks (Square, SPSA): model queries
+                                                              spent on each image
+``min_norm``           float32          (N,)                  minimum-norm attacks (FAB) and the worst case:
+                                                              the smallest successful perturbation's norm
+                                                              (inf where none was found)
+``broken_by``          int64            (N,)                  the worst case: the index of the member that
+                                                              broke the image, -1 where none did (the members
+                                                              are in the attack config attribute)
 ``clean_sample_probs`` float32          (S, N, C)             stochastic models only: softmax of each of the S
                                                               draws on the clean image
 ``adv_sample_probs``   float32          (S, N, C)             stochastic models only: the same on ``x_adv``
@@ -156,12 +164,17 @@ FIELDS: dict[str, Field] = {
         Field("linf", "float", "float32", ("N",)),
         Field("success", "bool", "bool", ("N",)),
         Field("const", "float", "float32", ("N",), required=False),
+        Field("queries", "int", "int64", ("N",), required=False),
+        Field("min_norm", "float", "float32", ("N",), required=False),
+        Field("broken_by", "int", "int64", ("N",), required=False),
         Field("clean_sample_probs", "float", "float32", ("S", "N", "C"), required=False),
         Field("adv_sample_probs", "float", "float32", ("S", "N", "C"), required=False),
     )
 }
 #: Fields present exactly when the model is stochastic (``samples`` > 0).
 SAMPLE_FIELDS: tuple[str, ...] = ("clean_sample_probs", "adv_sample_probs")
+#: Per-image fields only some attacks give: each is in every batch of a shard or in none.
+ATTACK_FIELDS: tuple[str, ...] = ("const", "queries", "min_norm", "broken_by")
 #: Fields every shard has.
 REQUIRED: tuple[str, ...] = tuple(name for name, f in FIELDS.items() if f.required)
 #: Fields that hold class labels, each in ``[0, classes)``.

@@ -44,6 +44,7 @@ from medhpc.store.integrity import (
 )
 from medhpc.store.reader import ShardInfo, read_info
 from medhpc.store.schema import (
+    ATTACK_FIELDS,
     FIELDS,
     FORMAT,
     IMAGE_DTYPES,
@@ -268,7 +269,7 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
         self._ids: list[str] = []
         self._classes: int | None = None
         self._image_shape: tuple[int, ...] | None = None
-        self._has_const: bool | None = None
+        self._attack_fields: frozenset[str] | None = None
         self._h5: h5py.File | None = None
         self._atomic: Any = None
 
@@ -378,9 +379,10 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
             raise ShardError(
                 f"{self.path}: field {given_samples[0]!r} given but meta.samples is 0 (a deterministic model)"
             )
-        has_const = arrays.get("const") is not None
-        if self._has_const is not None and has_const != self._has_const:
-            raise ShardError(f"{self.path}: field 'const' must be given in every batch or in none")
+        given = frozenset(name for name in ATTACK_FIELDS if arrays.get(name) is not None)
+        if self._attack_fields is not None and given != self._attack_fields:
+            odd = sorted(given ^ self._attack_fields)[0]
+            raise ShardError(f"{self.path}: field {odd!r} must be given in every batch or in none")
         data = {name: _as_numpy(name, value) for name, value in arrays.items() if value is not None}
         for name, arr in data.items():
             _check_kind(name, arr)
@@ -432,7 +434,7 @@ class ShardWriter(AbstractContextManager["ShardWriter"]):
                 raise ShardError(f"field {name!r} holds class {bad}, outside [0, {classes})")
         self._classes = classes
         self._image_shape = tuple(x.shape[1:])
-        self._has_const = has_const
+        self._attack_fields = given
         return data
 
     def _create(self, data: Mapping[str, np.ndarray]) -> None:

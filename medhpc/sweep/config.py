@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medhpc.attacks.config import AttackConfig
+from medhpc.attacks.presets import PresetName
 from medhpc.config import ConfigError, bad, hashed_when_set, load, nohash
 from medhpc.models.config import AttentionConfig, VIBConfig
 from medhpc.models.registry import ARCHS, HEADS, base_head
@@ -137,8 +138,9 @@ class SweepConfig:
 
     ``image_size`` resizes batches per architecture (``{resnet50: 224}`` with a 299 px cache:
     one cache serves both backbones) in training and under attack alike.
-    ``attacks`` are listed attack configs; ``attack_preset: paper`` adds the first seed's
-    Appendix B/C rows. ``label_mode``, when given, sets every attack's label mode. The test
+    ``attacks`` are listed attack configs; ``attack_preset`` adds a preset's rows (``paper``: the
+    first seed's Appendix B/C rows; ``strong``: the worst case and CW with EOT), or several
+    presets' as a list (``[paper, strong]``). ``label_mode``, when given, sets every attack's label mode. The test
     split is attacked in shards of ``shard_size`` images (``limit``: only the first images).
     ``executor``: ``local`` (this machine, ``workers`` jobs at a time), ``slurm`` (submitit
     job arrays with the cluster ``profile``) or ``debug`` (in this process, one at a time):
@@ -158,7 +160,7 @@ class SweepConfig:
         )
     )
     attacks: tuple[AttackConfig, ...] = ()
-    attack_preset: Literal["paper"] | None = None
+    attack_preset: PresetName | tuple[PresetName, ...] | None = None
     label_mode: Literal["true", "pred"] | None = None
     image_size: dict[str, int] | None = None
     shard_size: int = 256
@@ -179,7 +181,7 @@ class SweepConfig:
         if len(set(names)) != len(names):
             raise bad("datasets", f"dataset names must be unique, got {names}")
         if not self.attacks and self.attack_preset is None:
-            raise bad("attacks", "list at least one attack, or set attack_preset: paper")
+            raise bad("attacks", "list at least one attack, or set attack_preset (paper, strong)")
         if self.shard_size < 1:
             raise bad("shard_size", f"must be >= 1, got {self.shard_size}")
         if self.limit is not None and self.limit < 1:

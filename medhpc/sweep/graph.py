@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medhpc.attacks.config import AttackConfig, paper_attacks
+from medhpc.attacks.config import AttackConfig
+from medhpc.attacks.presets import preset_attacks
 from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.models.config import ModelConfig
 from medhpc.models.registry import get_head
@@ -54,11 +55,20 @@ def shard_set_hash(run: str, attack: AttackConfig, split: str, n: int, image_siz
 
 
 def attack_list(cfg: SweepConfig) -> list[AttackConfig]:
-    rows = list(paper_attacks(cfg.label_mode or "pred")) if cfg.attack_preset == "paper" else []
+    rows = preset_attacks(cfg.attack_preset, cfg.label_mode or "pred")
     rows += list(cfg.attacks)
     if cfg.label_mode is not None:
         rows = [replace(a, label_mode=cfg.label_mode) for a in rows]
     return rows
+
+
+def model_attacks(attacks: list[AttackConfig], stochastic: bool) -> list[AttackConfig]:
+    """The attacks a model gets: on a deterministic one, a config that differs from another
+    listed one only by its EOT draws is the same attack (one draw is all there is), so it is
+    left out (the strong preset's CW-L2 with EOT beside the paper's CW-L2)."""
+    if stochastic:
+        return attacks
+    return [a for a in attacks if a.eot in (None, 1) or replace(a, eot=1) not in attacks]
 
 
 def prepare_job(cfg: SweepConfig, ds: DatasetSpec) -> PrepareJob:
@@ -158,7 +168,7 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
             n = min(n, cfg.limit)
         run = str(tj.run)
         shard_sets, shard_keys = [], []
-        for attack in attacks:
+        for attack in model_attacks(attacks, get_head(tj.config.model.head).stochastic):
             folder = Path(cfg.out) / "shards" / tj.run.name / f"{attack.name}-{config_hash(attack)}"
             shard_sets.append(str(folder))
             image_size = tj.config.data.image_size

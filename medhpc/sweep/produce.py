@@ -173,6 +173,8 @@ def attack_to_shard(
                 "labels": y, "attack_labels": res.labels, "clean_pred": clean.argmax(-1), "adv_pred": res.pred,
                 "clean_probs": clean, "adv_probs": adv, "l2": res.l2.float(), "linf": res.linf.float(),
                 "success": res.success, "const": None if res.const is None else res.const.float(),
+                "queries": res.queries, "min_norm": None if res.min_norm is None else res.min_norm.float(),
+                "broken_by": res.broken_by,
             }  # fmt: skip
             if s:
                 arrays["clean_sample_probs"] = clean_draws

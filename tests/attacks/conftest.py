@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -51,6 +52,12 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
+
+
+@pytest.fixture(scope="session")
+def blobs() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`blob_images` for test modules (conftest is not importable under importlib mode)."""
+    return blob_images
 
 
 @dataclass(frozen=True)

@@ -144,3 +144,18 @@ def test_local_jobs_share_the_cores_out_as_torch_threads() -> None:
         assert job_threads(cfg, SUBMITIT["local"]) == max(1, cores // workers)
         assert job_threads(cfg, SUBMITIT["slurm"]) is None
     assert JobRunner().threads is None
+
+
+def test_the_strong_preset_runs_beside_the_papers_and_cw_with_eot_only_on_stochastic_heads() -> None:
+    cfg = from_dict(SweepConfig, {**BASE, "attacks": [], "attack_preset": ["paper", "strong"]})
+    graph = expand(cfg, split_sizes={"aptos": 10, "cxr": 10})
+    by_run: dict[str, set[str]] = {}
+    for key in graph.by_kind("attack"):
+        job = graph.jobs[key]
+        by_run.setdefault(job.run, set()).add(job.attack.name)
+    heads = {str(graph.jobs[k].run): graph.jobs[k].config.model.head for k in graph.by_kind("train")}
+    for run, names in by_run.items():
+        assert "worst_case-linf-eps0.02-eot20-apgd_ce+apgd_margin+fab+square" in names
+        assert "cw_l2" in names
+        assert ("cw_l2-eot20" in names) == (heads[run] == "vib"), (heads[run], names)
+    assert len(by_run) == len(heads)

@@ -1,0 +1,60 @@
+"""Named lists of attacks (``preset:`` of an attack config, ``attack_preset:`` of a sweep).
+
+* ``paper``: the first seed's Appendix B/C rows (:func:`medhpc.attacks.config.paper_attacks`).
+* ``strong``: what a worst-case evaluation adds beside them: the per-image worst case at the
+  paper's ε (0.02, L∞) over AutoAttack's members with their two-class substitutes, and CW-L2
+  with EOT for stochastic heads.
+
+A preset is a function ``label_mode -> [AttackConfig]``; a new one is a function and a line
+in :data:`PRESETS`. Several presets combine in the order given, a config listed twice once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from medhpc.attacks.config import AttackConfig, paper_attacks
+
+LabelMode = Literal["true", "pred"]
+
+#: The paper's ε and norm, at which the strong preset's worst case is taken.
+PAPER_EPS = 0.02
+#: EOT draws of the strong preset's CW-L2 (AutoAttack's for randomised defences).
+STRONG_EOT = 20
+
+
+def strong_attacks(label_mode: LabelMode = "pred") -> list[AttackConfig]:
+    """The worst case at ε 0.02 L∞ (default members, EOT 20 on stochastic heads), and CW-L2 at
+    CleverHans' budget with EOT 20.
+
+    On a deterministic model EOT changes nothing: the CW row then equals the paper's CW row,
+    and the sweep runs it only for stochastic heads (:func:`medhpc.sweep.graph.model_attacks`).
+    """
+    return [
+        AttackConfig("worst_case", eps=PAPER_EPS, norm="linf", label_mode=label_mode),
+        AttackConfig("cw_l2", eot=STRONG_EOT, label_mode=label_mode),
+    ]
+
+
+#: The presets, by name.
+PRESETS: dict[str, Callable[[LabelMode], list[AttackConfig]]] = {
+    "paper": paper_attacks,
+    "strong": strong_attacks,
+}
+
+PresetName = Literal["paper", "strong"]
+
+
+def preset_attacks(names: str | Sequence[str] | None, label_mode: LabelMode = "pred") -> list[AttackConfig]:
+    """The attacks of one preset or several in order (none for None); a ValueError names an
+    unknown preset."""
+    if names is None:
+        return []
+    chosen = [names] if isinstance(names, str) else list(names)
+    rows: list[AttackConfig] = []
+    for name in chosen:
+        if name not in PRESETS:
+            raise ValueError(f"unknown attack preset {name!r}; known: {', '.join(PRESETS)}")
+        rows += [a for a in PRESETS[name](label_mode) if a not in rows]
+    return rows
