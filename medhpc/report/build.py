@@ -58,6 +58,12 @@ def _figures(results: list[ModelResult], figdir: Path) -> list[tuple[str, str, P
         p = plots.accuracy_vs_eps(models, f"Accuracy against ε: {title}",
                                   figdir / f"{_slug('acc-vs-eps', dataset, arch, weighting)}.png")  # fmt: skip
         out.append(("Accuracy against ε", title, p))
+    for dataset in dict.fromkeys(m.dataset for m in results):
+        models = [m for m in results if m.dataset == dataset]
+        if any(tables.worst_case_pairs(m) for m in models):
+            p = plots.worst_case_gap(models, f"As the paper measured vs the worst case: {dataset}",
+                                     figdir / f"{_slug('worst-case', dataset)}.png")  # fmt: skip
+            out.append(("As the paper measured vs the worst case", dataset, p))
     for m in results:
         out.append(
             ("Risk–coverage", f"{m.dataset}: {m.label}", plots.risk_coverage(m, figdir / f"risk-coverage-{m.name}.png"))

@@ -22,7 +22,7 @@ import numpy as np
 from medhpc import atomic
 from medhpc.attacks.registry import get_attack
 from medhpc.report.results import ModelResult, attack_names
-from medhpc.report.tables import attack_cell
+from medhpc.report.tables import attack_cell, worst_case_pairs
 from medhpc.report.uncertainty import LABELS, MEASURES
 
 DPI = 110
@@ -228,4 +228,27 @@ def maps_figure(m: ModelResult, arrays: dict[str, np.ndarray], kind: str, classe
         axes[0, j].annotate(h, (0.5, 1.22), xycoords="axes fraction", ha="center", fontsize=7, weight="bold")
     fig.suptitle(f"{m.label}: {name} (green: lesion)", fontsize=9, y=1.0)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def worst_case_gap(models: list[ModelResult], title: str, path: Path) -> Path:
+    """Per model and worst-case row: the strongest single attack's accuracy beside the worst
+    case's, with their intervals and a line between them (the gap)."""
+    plt = _plt()
+    pairs = [(m, w, single) for m in models for w, single in worst_case_pairs(m)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(pairs) + 2), 4.2), layout="constrained")
+    xs = list(range(len(pairs)))
+    for x, (_, w, single) in zip(xs, pairs, strict=True):
+        if single is not None:
+            ax.plot([x - 0.12, x + 0.12], [single["accuracy"], w["accuracy"]], color="0.6", lw=1)
+    _errorbar(ax, [x - 0.12 for x in xs], [s for _, _, s in pairs], color="C0", ls="none",
+              label="strongest single attack (as the paper measured)")  # fmt: skip
+    _errorbar(ax, [x + 0.12 for x in xs], [w for _, w, _ in pairs], color="C3", ls="none", label="worst case")
+    ax.set_xticks(xs, [f"{m.label}\nε {w['config']['eps']:g}" for m, w, _ in pairs], fontsize=7, rotation=30,
+                  ha="right")  # fmt: skip
+    ax.set_ylabel("accuracy under attack")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
     return _save(fig, path)

@@ -122,6 +122,33 @@ def write_fixture(root: Path, maps: bool = True) -> Fixture:
     return Fixture(root, evaluations, names)
 
 
+#: Images (of 8) the worst case leaves correct per model, and which member broke how many.
+WORST = {"linear": (0, [3, 3]), "attention": (1, [2, 1]), "vib-0.001": (2, [1, 1]), "vib-0.1": (0, [3, 2])}
+
+
+def _add_worst_case(stored: Fixture) -> None:
+    """Append a worst-case row (members FGSM and PGD at ε 0.02) to every stored evaluation."""
+    from medhpc.attacks.robustness import member_breaks
+
+    members = (AttackConfig("fgsm", eps=0.02), AttackConfig("pgd", eps=0.02, step_size=0.01, steps=5))
+    cfg = AttackConfig("worst_case", eps=0.02, members=members)
+    for key, path in zip(stored.names, map(Path, stored.evaluations), strict=True):
+        ev = json.loads(path.read_text())
+        correct, breaks = WORST[key]
+        totals = {"n": 8.0, "correct": float(correct), "success": 8.0 - correct, "l2": 0.0, "linf": 0.0,
+                  "l2_success": 0.0, "linf_success": 0.0}  # fmt: skip
+        row = {**attack_row(cfg, totals), "broken_by": member_breaks(cfg, [8 - sum(breaks), *breaks])}
+        row["uncertainty"] = ev["attacks"][-1]["uncertainty"]
+        ev["attacks"].append(row)
+        path.write_text(json.dumps(ev))
+
+
+@pytest.fixture
+def add_worst_case() -> Any:
+    """:func:`_add_worst_case`: a worst-case row in every stored evaluation."""
+    return _add_worst_case
+
+
 @pytest.fixture
 def stored(tmp_path: Path) -> Fixture:
     return write_fixture(tmp_path)

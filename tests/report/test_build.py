@@ -45,6 +45,16 @@ def test_report_writes_every_table_and_figure_and_links_them(stored, tmp_path: P
     assert (out / "summary.md").read_text().startswith("| model | none |")
 
 
+def test_a_worst_case_row_adds_its_table_and_figure(stored, add_worst_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    add_worst_case(stored)
+    out = tmp_path / "report"
+    summary = build_report(stored.evaluations, out, name="fixture")
+    assert "worst-case" in summary["tables"]
+    assert (out / "figures" / "worst-case-aptos.png").stat().st_size > 1000
+    page = (out / "index.html").read_text()
+    assert "figures/worst-case-aptos.png" in page and "As the paper measured vs the per-image worst case" in page
+
+
 def test_report_errors_name_the_missing_or_stale_file(stored, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     missing = str(tmp_path / "eval" / "nope.json")
     with pytest.raises(ReportError, match="nope.json: the evaluation is missing"):

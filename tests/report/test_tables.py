@@ -113,3 +113,30 @@ def test_csv_keeps_intervals_as_numbers_and_latex_escapes() -> None:
     assert "| x_1 | 0.500 [0.250, 0.750] |" in md and "| y | – |" in md
     with pytest.raises(ValueError, match="2 columns"):
         t.add(["only one"])
+
+
+def test_the_worst_case_table_sets_the_strongest_single_attack_beside_the_ensemble(stored, add_worst_case) -> None:  # type: ignore[no-untyped-def]
+    add_worst_case(stored)
+    results = load_results(stored.evaluations)
+    t = tables.worst_case(results)
+    assert t is not None and len(t.rows) == 4
+    # linear: FGSM 0.02 leaves 2 of 8, PGD 0 of 8 -> PGD is the strongest single attack; worst case 0
+    row = t.rows[0]
+    assert row[:4] == ["aptos", "resnet50 linear", "0.02 (linf)", "pgd-linf-eps0.02-s5"]
+    assert _cell(t, 0, "its accuracy").value == 0.0 and _cell(t, 0, "worst case").value == 0.0
+    assert _cell(t, 0, "gap").value == 0.0 and row[7] == "fgsm-linf-eps0.02 3, pgd-linf-eps0.02-s5 3, none 2"
+    # vib β=0.1: FGSM 4 of 8, PGD 3 of 8, worst case 0 of 8: a gap of 37.5 points, above the interval
+    assert _cell(t, 3, "gap").value == pytest.approx(37.5)
+    worst = _cell(t, 3, "worst case")
+    assert (worst.lo, worst.hi) == wilson_interval(0, 8) and 3 / 8 > worst.hi
+    assert list(t.flags) == [(3, 6)] and "overstates robustness" in t.flags[(3, 6)][0]
+    # attention: PGD 2 of 8 against 1 of 8, inside the interval: not flagged
+    assert _cell(t, 1, "gap").value == pytest.approx(12.5)
+    # and Appendix B gains the worst-case row
+    (b,) = tables.appendix_b(results)
+    assert b.rows[-1][0] == "worst_case-linf-eps0.02-eot20-fgsm+pgd"
+    assert t.key in [x.key for x in tables.all_tables(results, 0.05, (0.8,))]
+
+
+def test_without_a_worst_case_row_there_is_no_worst_case_table(stored) -> None:  # type: ignore[no-untyped-def]
+    assert tables.worst_case(load_results(stored.evaluations)) is None

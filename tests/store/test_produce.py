@@ -90,6 +90,23 @@ def test_cw_stores_its_per_image_constant(tmp_path: Path, tiny_model: nn.Module)
     assert np.isnan(got["const"][~got["success"]]).all() and np.isfinite(got["const"][got["success"]]).all()
 
 
+def test_the_worst_case_stores_which_member_broke_each_image_and_its_norm(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    _, _, batches = _batches(6, [4, 2])
+    members = (AttackConfig("fgsm", eps=0.05), AttackConfig("pgd", eps=0.05, steps=3))
+    cfg = AttackConfig("worst_case", eps=0.05, members=members)
+    info = attack_to_shard(
+        tmp_path / "w.h5", tiny_model, batches, cfg, start=0, split="test", model_hash="tiny", ids=list("abcdef")
+    )
+    got = ShardReader(info.path).read(["broken_by", "min_norm", "success", "linf"])
+    assert got["broken_by"].dtype == np.int64 and got["broken_by"].shape == (6,)
+    np.testing.assert_array_equal(got["broken_by"] >= 0, got["success"])
+    assert set(got["broken_by"].tolist()) <= {-1, 0, 1}
+    np.testing.assert_array_equal(got["min_norm"][got["success"]], got["linf"][got["success"]])
+    assert np.isinf(got["min_norm"][~got["success"]]).all()
+
+
 def test_stochastic_model_stores_every_draw_reproducibly(tmp_path: Path, vib_model: nn.Module) -> None:
     _, _, batches = _batches(3, [2, 1], image=32)
     cfg = AttackConfig("fgsm", eps=0.02)

@@ -63,6 +63,20 @@ def test_bad_second_batch_aborts_the_write_without_a_partial_shard(
     assert _listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("field", ["const", "queries", "min_norm", "broken_by"])
+def test_an_attacks_own_field_in_one_batch_only_aborts_the_write_naming_it(
+    tmp_path: Path, make_arrays: Callable[..., dict[str, Any]], meta: Callable[..., ShardMeta], field: str
+) -> None:
+    path = tmp_path / "s.h5"
+    first = make_arrays(0, 3)
+    first[field] = np.zeros(3, dtype=np.int64 if field in ("queries", "broken_by") else np.float32)
+    with pytest.raises(ShardError, match=f"field '{field}' must be given in every batch or in none"):
+        with ShardWriter(path, meta(0)) as w:
+            w.append(first)
+            w.append(make_arrays(3, 3))
+    assert _listing(tmp_path) == []
+
+
 def test_keyboard_interrupt_mid_write_leaves_nothing(
     tmp_path: Path, make_arrays: Callable[..., dict[str, Any]], meta: Callable[..., ShardMeta]
 ) -> None:
