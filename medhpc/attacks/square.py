@@ -185,8 +185,8 @@ def square(
     if norm_ == "linf":
         start = clamp_box(x + eps * signs(c, w).view(1, c, 1, w), box)
     else:
-        # A grid of the paper's tiles of side h // 5, each η with a random sign per
-        # channel; only tiles that fit (the reference overruns the edge when h // tile > 5).
+        # A grid of the paper's tiles of side h // 5, each η (randomly transposed) with a random
+        # sign per channel; only tiles that fit (the reference overruns the edge when h // tile > 5).
         tile = h // 5
         first = (h - 5 * tile) // 2
         init = torch.zeros_like(x)
@@ -198,7 +198,8 @@ def square(
                 for j in range(cols):
                     vh, vw = first + i * tile, first + j * tile
                     window = (slice(None), slice(None), slice(vh, vh + tile), slice(vw, vw + tile))
-                    init[window] += pattern * tile_signs[i, j].view(1, c, 1, 1)
+                    oriented = pattern.t() if host.random() > 0.5 else pattern  # η's own transpose
+                    init[window] += oriented * tile_signs[i, j].view(1, c, 1, 1)
         start = clamp_box(x + eps * init / (_l2(init, (1, 2, 3)) + _TINY), box)
     best_loss, ok = evaluate(start, 1)
     active = ~broken
