@@ -204,6 +204,10 @@ def test_runs_from_a_config(trained) -> None:
     res = run_attack(trained.model, trained.x[:4], trained.y[:4], cfg, seed=1)
     assert res.queries is not None and res.queries.max() <= 30
     assert not cfg.spec.white_box
+    # Label mode "pred" (the scripts' y = None) attacks the model's own clean predictions.
+    pred = square(trained.model, trained.x[:4], None, eps=0.05, queries=30, seed=1)
+    with torch.no_grad():
+        assert torch.equal(pred.labels, trained.model(trained.x[:4]).argmax(1))
 
 
 @pytest.mark.parametrize(
