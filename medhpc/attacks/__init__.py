@@ -1,4 +1,4 @@
-"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE (with EOT), and evaluation.
+"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE (with EOT), Square, and evaluation.
 
 Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
 over a batch of images in the pixel range, batched on the images' device with no host
@@ -20,6 +20,7 @@ from medhpc.attacks.registry import attack_names, get_attack
 from medhpc.attacks.robustness import attack_row, evaluate_robustness, masking_warnings
 from medhpc.attacks.spec import AttackSpec
 from medhpc.attacks.spsa import spsa, spsa_chunk, spsa_gradient
+from medhpc.attacks.square import square
 
 __all__ = [
     "ATTACKS",
@@ -45,4 +46,5 @@ __all__ = [
     "spsa",
     "spsa_chunk",
     "spsa_gradient",
+    "square",
 ]

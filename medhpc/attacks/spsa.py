@@ -171,7 +171,8 @@ def spsa(
 
     Returns
     -------
-    AttackResult holding each image's lowest-loss iterate (start included).
+    AttackResult holding each image's lowest-loss iterate (start included), and in ``queries``
+    the model evaluations charged to each image: ``1 + steps · (2 · samples + 1)``.
     max_batch_bytes : probe images per model call, in bytes (activations come on top); None:
         2 MiB on the CPU, 256 MiB on a GPU (``DEFAULT_BATCH_BYTES``).
     seed, generator : the random start, the directions and a stochastic model's draws.
@@ -245,7 +246,10 @@ def spsa(
             best = torch.where(better.view(bshape), pert, best)
             best_loss = torch.where(better, loss, best_loss)
 
-    return finish(model, x, clamp_box(x + best, box), labels, targeted, base)
+    # Charged per image: the start, then per step 2·samples probes and the iterate (frozen
+    # images are still probed). Label resolution and finish's evaluation are not charged.
+    charged = torch.full((batch,), 1 + steps * (2 * samples + 1), dtype=torch.long, device=x.device)
+    return finish(model, x, clamp_box(x + best, box), labels, targeted, base, queries=charged)
 
 
 SPEC = AttackSpec("spsa", spsa, bounded=True, white_box=False, iterative=True)
