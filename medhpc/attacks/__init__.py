@@ -1,4 +1,4 @@
-"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE (with EOT), and evaluation.
+"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE, FAB (with EOT), and evaluation.
 
 Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
 over a batch of images in the pixel range, batched on the images' device with no host
@@ -13,6 +13,7 @@ from medhpc.attacks.apgd import apgd_ce, checkpoint_schedule
 from medhpc.attacks.common import AttackResult, eot_gradient, perturbation_norms
 from medhpc.attacks.config import ATTACKS, AttackConfig, AttackConfigError, paper_attacks, run_attack
 from medhpc.attacks.cw import cw_l2
+from medhpc.attacks.fab import fab
 from medhpc.attacks.fgsm import fgsm
 from medhpc.attacks.none import none
 from medhpc.attacks.pgd import pgd
@@ -33,6 +34,7 @@ __all__ = [
     "checkpoint_schedule",
     "cw_l2",
     "eot_gradient",
+    "fab",
     "evaluate_robustness",
     "fgsm",
     "get_attack",
