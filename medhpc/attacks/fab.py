@@ -230,7 +230,16 @@ def fab(
 
     Returns
     -------
-    AttackResult with ``min_norm`` (inf where no adversarial example was found).
+    AttackResult with ``min_norm`` (inf where no adversarial example was found). On a
+    deterministic model ``success`` is exactly ``min_norm <= eps``. On a stochastic one an
+    example counts as found when the mean logits over ``eot`` draws misclassify it, and
+    ``success`` is then judged again on one fresh draw, so the two can differ near the boundary.
+
+    Notes
+    -----
+    With one restart an image's result does not depend on the rest of the batch. Later
+    restarts draw their random starts for the whole batch from one generator (as the other
+    attacks' random starts), so a start depends on the image's position in the batch.
     """
     if targeted:
         raise ValueError("targeted must be False: medhpc's FAB is the untargeted attack")
