@@ -1,4 +1,5 @@
-"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE (with EOT), Square, and evaluation.
+"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD, FAB, Square (with EOT where they
+follow gradients), the per-image worst case over them, and evaluation.
 
 Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
 over a batch of images in the pixel range, batched on the images' device with no host
@@ -13,6 +14,7 @@ from medhpc.attacks.apgd import apgd_ce, checkpoint_schedule
 from medhpc.attacks.common import AttackResult, eot_gradient, perturbation_norms
 from medhpc.attacks.config import ATTACKS, AttackConfig, AttackConfigError, paper_attacks, run_attack
 from medhpc.attacks.cw import cw_l2
+from medhpc.attacks.fab import fab
 from medhpc.attacks.fgsm import fgsm
 from medhpc.attacks.none import none
 from medhpc.attacks.pgd import pgd
@@ -21,6 +23,7 @@ from medhpc.attacks.robustness import attack_row, evaluate_robustness, masking_w
 from medhpc.attacks.spec import AttackSpec
 from medhpc.attacks.spsa import spsa, spsa_chunk, spsa_gradient
 from medhpc.attacks.square import square
+from medhpc.attacks.worst_case import worst_case
 
 __all__ = [
     "ATTACKS",
@@ -34,6 +37,7 @@ __all__ = [
     "checkpoint_schedule",
     "cw_l2",
     "eot_gradient",
+    "fab",
     "evaluate_robustness",
     "fgsm",
     "get_attack",
@@ -47,4 +51,5 @@ __all__ = [
     "spsa_chunk",
     "spsa_gradient",
     "square",
+    "worst_case",
 ]
