@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from medhpc.attacks import AttackResult, apgd_ce, cw_l2, fgsm, pgd, spsa
+from medhpc.attacks import AttackResult, apgd_ce, cw_l2, fab, fgsm, pgd, spsa, square
 from medhpc.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.gpu
@@ -26,6 +26,10 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "spsa": lambda m, x, y: spsa(m, x, y, eps=0.03, steps=2, samples=16, max_batch_bytes=2**20),
     "apgd_ce": lambda m, x, y: apgd_ce(m, x, y, eps=0.03, steps=6),
     "pgd_eot": lambda m, x, y: pgd(m, x, y, eps=0.03, step_size=0.01, steps=2, eot=2),
+    "fab_linf": lambda m, x, y: fab(m, x, y, eps=0.03, steps=4, restarts=2),
+    "fab_l2": lambda m, x, y: fab(m, x, y, eps=0.5, norm="l2", steps=4, eot=2),
+    "square_linf": lambda m, x, y: square(m, x, y, eps=0.03, queries=20),
+    "square_l2": lambda m, x, y: square(m, x, y, eps=0.5, norm="l2", queries=20),
 }
 
 
