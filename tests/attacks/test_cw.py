@@ -156,7 +156,7 @@ def test_early_abort_keeps_an_image_result_independent_of_its_batch(trained) -> 
     image does not move while the slow-converging images of its batch go on."""
     model = copy.deepcopy(trained.model).double()
     x, y = trained.x[:8].double(), trained.y[:8]
-    kw = {"steps": 100, "search_steps": 3, "abort_early": True}
+    kw = {"steps": 100, "search_steps": 3, "abort_early": True, "abort_every": 10}
     counted = _counted(model)
     batch = cw_l2(counted, x, y, **kw)
     assert batch.success.all()
@@ -349,14 +349,16 @@ def test_bad_abort_early_is_named(trained, value: object) -> None:
         cw_l2(trained.model, trained.x[:2], trained.y[:2], steps=2, abort_early=value)  # type: ignore[arg-type]
 
 
-def test_config_fills_foolboxs_check_interval() -> None:
+def test_config_fills_the_check_interval() -> None:
     """A config that leaves them out runs with abort on, checking every tenth of the steps
-    (rounded up, as foolbox), and says so in its hash; a bad interval names its key."""
-    cfg = AttackConfig("cw_l2", steps=45)
-    assert (cfg.abort_early, cfg.abort_every) == (True, 5)
-    assert cfg.kwargs()["abort_every"] == 5
+    (rounded up, as foolbox) but not more often than every 20, and says so in its hash; a bad
+    interval names its key."""
+    cfg = AttackConfig("cw_l2", steps=245)
+    assert (cfg.abort_early, cfg.abort_every) == (True, 25)
+    assert cfg.kwargs()["abort_every"] == 25
     assert AttackConfig("cw_l2").abort_every == 100
-    assert config_hash(cfg) != config_hash(AttackConfig("cw_l2", steps=45, abort_every=9))
-    assert config_hash(cfg) != config_hash(AttackConfig("cw_l2", steps=45, abort_early=False))
+    assert AttackConfig("cw_l2", steps=50).abort_every == 20
+    assert config_hash(cfg) != config_hash(AttackConfig("cw_l2", steps=245, abort_every=9))
+    assert config_hash(cfg) != config_hash(AttackConfig("cw_l2", steps=245, abort_early=False))
     with pytest.raises(AttackConfigError, match="abort_every"):
         AttackConfig("cw_l2", abort_every=0)
