@@ -58,9 +58,9 @@ def default_abort_every(steps: int) -> int:
 
     The floor is medhpc's: over fewer iterations a per-image loss rises and falls with Adam's
     oscillation around the decision boundary, so a stalled check says little about convergence
-    (3 x 50 iterations on a small trained CNN: checks every 5 iterations gave +6 % mean L2 per
-    image and no fewer model calls; every 25, +0.7 %). At 200 iterations and more it is foolbox's
-    interval.
+    (3 x 50 iterations, 64 images, the attack tests' trained CNN: checks every 5 iterations
+    raised the mean L2 of the successes by 7 % for not one model call fewer; every 25, by
+    0.04 %). At 200 iterations and more it is foolbox's interval.
     """
     return max(_MIN_ABORT_EVERY, math.ceil(steps / 10))
 
