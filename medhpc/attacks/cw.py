@@ -14,13 +14,13 @@ image's trajectory is a function of its own loss only and its result does not de
 else is in the batch.
 
 Early abort (Carlini's reference code, CleverHans' TF attack and foolbox all do it by default):
-every ``abort_every`` iterations (a tenth of the steps, at least 20) each image's loss is compared with its
-loss at the previous check; an image that did not improve by a relative 1e-4 is frozen for the
-rest of the search step (its iterate, Adam moments and best example stop changing), and the
+every ``abort_every`` iterations (a tenth of the steps, at least 20) each image's loss is
+compared with its loss at the previous check; an image that did not improve by a relative 1e-4
+is frozen for the rest of the search step (its iterate and best example stop changing), and the
 search step ends once every image is frozen. The references test the batch's summed loss, so
-one slow image keeps a whole batch going and a batch's fast images stop others early; here the
-test is per image, so an image's result still does not depend on its batch. Each check costs
-one host synchronisation (the "is any image still improving?" read), none per iteration.
+when an image stops depends on its batch-mates; here the test is per image, so an image's
+result still does not depend on its batch. Each check costs one host synchronisation (the "is
+any image still improving?" read), none per iteration.
 """
 
 from __future__ import annotations
