@@ -2,8 +2,8 @@
 
 * FGSM and PGD equal CleverHans 4.0.0's outputs given the same random start.
 * CW-L2 finds at least as many adversarial examples as foolbox 3.3.4's batched CW-L2 at the
-  same budget, with no larger mean L2 on the images both find; with warm starts off it is
-  foolbox's algorithm, and agrees with it.
+  same budget (with early abort in both or in neither), with no larger mean L2 on the images
+  both find; with warm starts and early abort off it is foolbox's algorithm, and agrees with it.
 * SPSA at the same budget is at least as successful as torchattacks 3.5.1's SPSA.
 """
 
@@ -85,7 +85,7 @@ def test_pgd_without_random_start_equals_cleverhans_bim(trained) -> None:
 
 
 def _foolbox_cw(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, abort_early: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """foolbox's CW-L2 at CleverHans' settings; returns (success, L2) per image.
 
@@ -95,7 +95,7 @@ def _foolbox_cw(
     fb = pytest.importorskip("foolbox", reason=REFS)
 
     attack = fb.attacks.L2CarliniWagnerAttack(
-        binary_search_steps=5, steps=steps, stepsize=5e-3, initial_const=1e-2, confidence=0, abort_early=False
+        binary_search_steps=5, steps=steps, stepsize=5e-3, initial_const=1e-2, confidence=0, abort_early=abort_early
     )
     raw, _, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
     with torch.no_grad():
@@ -105,11 +105,14 @@ def _foolbox_cw(
 
 
 @pytest.mark.filterwarnings(FOOLBOX_WARNING)
-def test_cw_no_worse_than_foolbox_at_equal_budget(trained) -> None:
+@pytest.mark.parametrize("abort_early", [False, True], ids=["every-iteration", "abort-early"])
+def test_cw_no_worse_than_foolbox_at_equal_budget(trained, abort_early: bool) -> None:
+    """Also with early abort in both: foolbox stops a search step when the batch's summed loss
+    stalls, medhpc freezes each image whose own loss stalls."""
     x, y = trained.x[:32], trained.y[:32]
     steps = 50  # per search step; 5 search steps, lr 5e-3, c0 1e-2 in both
-    theirs_ok, theirs_l2 = _foolbox_cw(trained.model, x, y, steps)
-    ours = cw_l2(trained.model, x, y, steps=steps, search_steps=5)
+    theirs_ok, theirs_l2 = _foolbox_cw(trained.model, x, y, steps, abort_early)
+    ours = cw_l2(trained.model, x, y, steps=steps, search_steps=5, abort_early=abort_early)
     assert theirs_ok.any()
     assert ours.success.sum() >= theirs_ok.sum()
     both = ours.success & theirs_ok
@@ -120,11 +123,12 @@ def test_cw_no_worse_than_foolbox_at_equal_budget(trained) -> None:
 
 @pytest.mark.filterwarnings(FOOLBOX_WARNING)
 def test_cw_without_warm_start_is_foolboxs_algorithm(trained) -> None:
-    """Restarting each search step from x is exactly foolbox's CW: the same images succeed and
-    their mean L2 agrees to float noise (trajectories differ only by rounding)."""
+    """Restarting each search step from x and running every iteration is exactly foolbox's CW
+    without early abort: the same images succeed and their mean L2 agrees to float noise
+    (trajectories differ only by rounding)."""
     x, y = trained.x[:16], trained.y[:16]
     theirs_ok, theirs_l2 = _foolbox_cw(trained.model, x, y, 40)
-    ours = cw_l2(trained.model, x, y, steps=40, search_steps=5, warm_start=False)
+    ours = cw_l2(trained.model, x, y, steps=40, search_steps=5, warm_start=False, abort_early=False)
     assert (ours.success != theirs_ok).sum() <= 1  # a boundary case may flip on rounding
     both = ours.success & theirs_ok
     assert both.sum() >= 8
