@@ -1,4 +1,4 @@
-"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD-CE (with EOT), and evaluation.
+"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD (CE, margin, DLR; with EOT), and evaluation.
 
 Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
 over a batch of images in the pixel range, batched on the images' device with no host

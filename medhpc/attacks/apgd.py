@@ -23,9 +23,9 @@ Losses (per image, the quantity the attack raises; z are the logits, y the label
   logits depends only on sign(z_1 - z_2), so it is piecewise constant with zero gradient. A
   per-image constant keeps the margin's gradient direction and every comparison of an image's
   losses (the step-size checkpoints, the best point, the merge of restarts, which all compare
-  an image with itself), so the iterates are the raw margin's; what the normaliser adds is a
-  loss value that means the same on any model: -1 at a clean 2-class image (the clean margin),
-  0 on the decision boundary. The clean range, not the clean margin, so that it needs no label
+  an image with itself), so the iterates are the raw margin's (to float rounding); what the
+  normaliser adds is a loss value that means the same on any model: on 2 classes -1 at a
+  correctly classified clean image (its whole margin left), 0 on the decision boundary. The clean range, not the clean margin, so that it needs no label
   and stays positive where the clean image is already misclassified. The floor (DLR's 1e-12,
   at least the dtype's smallest normal) only matters for an image whose clean logits are all
   equal; it changes no iterate. It costs one forward of the clean batch per call.
@@ -54,7 +54,6 @@ index bookkeeping breaks on batches of one; neither happens here.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -82,8 +81,6 @@ from medhpc.attacks.common import (
     random_start,
 )
 from medhpc.attacks.spec import AttackSpec
-
-log = logging.getLogger(__name__)
 
 Loss = Literal["ce", "margin", "dlr"]
 LOSSES: tuple[str, ...] = ("ce", "margin", "dlr")
