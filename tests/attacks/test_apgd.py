@@ -201,6 +201,9 @@ def test_linf_parity_no_weaker_than_the_references(request: pytest.FixtureReques
     assert 0 < np.mean(theirs) < clean - 0.1, f"the reference did not bite ({theirs}, clean {clean}): vacuous"
     ok, why = _no_weaker(ours, theirs, len(y))
     assert ok, why
+    # The comparison can fail: a weaker attack (ε / 3, 2 steps) does.
+    weak = [_accuracy(model, apgd(model, x, y, eps=eps / 3, steps=2, loss=loss, seed=s).x_adv, y) for s in SEEDS]
+    assert not _no_weaker(weak, theirs, len(y))[0], weak
 
 
 def test_l2_parity_no_weaker_than_torchattacks(trained) -> None:
@@ -294,17 +297,16 @@ def test_same_images_when_the_logits_are_rescaled_and_shifted(
     assert torch.equal(exact.x_adv, ref.x_adv)
     # Any scale and shift: the same outcome. float32 rounds a z + b, so an image whose losses
     # tie to rounding at a checkpoint may take another path: at most 10 % of them (0-2 of 32
-    # measured) differ by more than 1e-5.
+    # measured) differ by more than 1e-5, and at most one image's success (none measured).
     for a, b in ((1000.0, -7.0), (0.01, 3.0)):
         got = apgd(Affine(data.model, a, b).eval(), x, y, **kw)
-        assert torch.equal(got.success, ref.success), (a, b)
+        assert (got.success != ref.success).sum() <= 1, (a, b)
         apart = (got.x_adv - ref.x_adv).flatten(1).abs().amax(1) > 1e-5
         assert apart.float().mean() <= 0.1, (a, b, apart.sum())
     # The cross-entropy is not invariant: the same test fails for it at a large scale.
     ce: dict[str, Any] = {**kw, "loss": "ce"}
-    assert not torch.equal(
-        apgd(Affine(data.model, 1000.0, -7.0).eval(), x, y, **ce).success, apgd(data.model, x, y, **ce).success
-    )
+    ce_loud = apgd(Affine(data.model, 1000.0, -7.0).eval(), x, y, **ce).success
+    assert (ce_loud != apgd(data.model, x, y, **ce).success).sum() > 1
 
 
 # ---------------------------------------------------------------------------------------------
