@@ -1,5 +1,5 @@
-"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD, FAB, Square (with EOT where they
-follow gradients), the per-image worst case over them, and evaluation.
+"""Adversarial attacks over batches: FGSM, PGD, CW-L2, SPSA, APGD (CE, margin, DLR), FAB, Square (with
+EOT where they follow gradients), the per-image worst case over them, and evaluation.
 
 Every attack is a plain function ``attack(model, x, y=None, *, ..., seed=0) -> AttackResult``
 over a batch of images in the pixel range, batched on the images' device with no host
@@ -10,7 +10,10 @@ the accuracy-under-attack table with gradient-masking warnings; ``python -m medh
 runs a list of attacks on a finished training run.
 """
 
-from medhpc.attacks.apgd import apgd_ce, checkpoint_schedule
+# The registry first: it imports the attack modules (``apgd``, ``fgsm``, ...) before the functions of
+# the same names, exported below, shadow them as attributes of this package.
+from medhpc.attacks import registry as registry
+from medhpc.attacks.apgd import apgd, apgd_ce, checkpoint_schedule
 from medhpc.attacks.common import AttackResult, eot_gradient, perturbation_norms
 from medhpc.attacks.config import ATTACKS, AttackConfig, AttackConfigError, paper_attacks, run_attack
 from medhpc.attacks.cw import cw_l2
@@ -31,6 +34,7 @@ __all__ = [
     "AttackConfigError",
     "AttackResult",
     "AttackSpec",
+    "apgd",
     "apgd_ce",
     "attack_names",
     "attack_row",

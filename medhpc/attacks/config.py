@@ -100,7 +100,7 @@ class AttackConfig:
     """One attack and all its parameters.
 
     ``attack`` is the name of a registered attack (:data:`ATTACKS`): ``none`` (clean
-    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``, ``fab``, ``square``, ``worst_case`` (its
+    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``, ``apgd`` (its ``loss``: ``ce``, ``margin``, ``dlr``), ``fab``, ``square``, ``worst_case`` (its
     ``members`` are attack configs themselves). ``eps`` is required by
     the bounded attacks and must be left out for the others. ``label_mode`` "pred" attacks the
     model's own predictions (the original scripts' y = None); "true" the true labels; with
@@ -220,6 +220,10 @@ class AttackConfig:
             parts.append(f"eps{self.eps:g}")
         if self.steps is not None:
             parts.append(f"s{self.steps}")
+        if self.loss is not None:
+            parts.append(self.loss)
+        if self.queries is not None:
+            parts.append(f"q{self.queries}")
         if self.targeted:
             parts.append("targeted")
         if self.eot not in (None, 1):

@@ -18,6 +18,7 @@ ATTACKS: dict[str, AttackSpec] = {
         cw.SPEC,
         spsa.SPEC,
         apgd.SPEC,
+        apgd.SPEC_APGD,
         fab.SPEC,
         square.SPEC,
         worst_case.SPEC,
