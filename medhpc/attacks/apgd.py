@@ -25,8 +25,8 @@ Losses (per image, the quantity the attack raises; z are the logits, y the label
   losses (the step-size checkpoints, the best point, the merge of restarts, which all compare
   an image with itself), so the iterates are the raw margin's (to float rounding); what the
   normaliser adds is a loss value that means the same on any model: on 2 classes -1 at a
-  correctly classified clean image (its whole margin left), 0 on the decision boundary. The clean range, not the clean margin, so that it needs no label
-  and stays positive where the clean image is already misclassified. The floor (DLR's 1e-12,
+  correctly classified clean image (its whole margin left), 0 on the decision boundary. The
+  clean range, not the clean margin, so that it needs no label and stays positive where the clean image is already misclassified. The floor (DLR's 1e-12,
   at least the dtype's smallest normal) only matters for an image whose clean logits are all
   equal; it changes no iterate. It costs one forward of the clean batch per call.
 * ``dlr``: the paper's Difference of Logits Ratio for ≥ 3 classes, ``-(z_y - max_{j≠y} z_j) /

@@ -100,8 +100,9 @@ class AttackConfig:
     """One attack and all its parameters.
 
     ``attack`` is the name of a registered attack (:data:`ATTACKS`): ``none`` (clean
-    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``, ``apgd`` (its ``loss``: ``ce``, ``margin``, ``dlr``), ``fab``, ``square``, ``worst_case`` (its
-    ``members`` are attack configs themselves). ``eps`` is required by
+    evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``, ``apgd`` (its ``loss``:
+    ``ce``, ``margin``, ``dlr``), ``fab``, ``square``, ``worst_case`` (its ``members`` are
+    attack configs themselves). ``eps`` is required by
     the bounded attacks and must be left out for the others. ``label_mode`` "pred" attacks the
     model's own predictions (the original scripts' y = None); "true" the true labels; with
     ``targeted`` the labels given to :func:`run_attack` are the targets. ``clip`` None

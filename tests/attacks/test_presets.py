@@ -14,7 +14,10 @@ def test_the_strong_preset_is_the_worst_case_at_the_papers_eps_and_cw_with_eot()
     worst, cw = strong_attacks("pred")
     facts = (worst.attack, worst.eps, worst.norm, worst.eot, worst.label_mode)
     assert facts == ("worst_case", PAPER_EPS, "linf", 20, "pred")
-    assert worst.members is not None and [m.attack for m in worst.members] == ["apgd", "apgd", "fab", "square"]
+    assert worst.members is not None and [m.attack for m in worst.members] == ["pgd", "apgd", "apgd", "fab", "square"]
+    # the paper's PGD row, then AutoAttack's members at their standard budgets
+    assert worst.members[0] == AttackConfig("pgd", eps=0.02, step_size=0.01, steps=5)
+    assert worst.members[1:] == AttackConfig("worst_case", eps=0.02).members
     assert (cw.attack, cw.eot, cw.steps, cw.search_steps) == ("cw_l2", 20, 1000, 5)
 
 

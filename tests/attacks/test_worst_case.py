@@ -174,17 +174,25 @@ def vib_net(blobs: Any) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def test_on_a_vib_model_the_worst_case_with_eot_is_at_or_below_the_paper_rows_pgd_and_cw(vib_net) -> None:
+    """The strong preset's members at test budgets (PGD as the paper's row, APGD-CE and -margin 20
+    steps, FAB 10, Square 100 queries) with EOT 4, against the paper's PGD rows and its CW-L2."""
     model, x, y = vib_net
     clean = (run_attack(model, x, y, AttackConfig("none")).pred == y).float().mean()
     assert clean > 0.75
-    members = (AttackConfig("apgd_ce", eps=0.02, steps=10), AttackConfig("pgd", eps=0.02, steps=10))
+    members = (
+        AttackConfig("pgd", eps=0.02, step_size=0.01, steps=5),
+        AttackConfig("apgd", eps=0.02, loss="ce", steps=20),
+        AttackConfig("apgd", eps=0.02, loss="margin", steps=20),
+        AttackConfig("fab", eps=0.02, steps=10),
+        AttackConfig("square", eps=0.02, queries=100),
+    )
     worst = AttackConfig("worst_case", eps=0.02, members=members, eot=4)
     # the paper's PGD rows, and its CW-L2 at a tenth of CleverHans' iterations (5 × 100: a test budget)
     paper = [AttackConfig("pgd", eps=0.02, step_size=0.01, steps=s) for s in (1, 2, 5)]
     paper.append(AttackConfig("cw_l2", steps=100))
     acc = {c.name: float((run_attack(model, x, y, c).pred == y).float().mean()) for c in [worst, *paper]}
     assert acc[worst.name] < clean
-    assert all(acc[worst.name] <= acc[c.name] or acc[c.name] == 0 for c in paper), acc
+    assert all(acc[worst.name] <= acc[c.name] for c in paper), acc
 
 
 def test_evaluation_rows_count_the_images_each_member_broke_with_an_interval(trained) -> None:
