@@ -26,9 +26,10 @@ Losses (per image, the quantity the attack raises; z are the logits, y the label
   an image with itself), so the iterates are the raw margin's (to float rounding); what the
   normaliser adds is a loss value that means the same on any model: on 2 classes -1 at a
   correctly classified clean image (its whole margin left), 0 on the decision boundary. The
-  clean range, not the clean margin, so that it needs no label and stays positive where the clean image is already misclassified. The floor (DLR's 1e-12,
-  at least the dtype's smallest normal) only matters for an image whose clean logits are all
-  equal; it changes no iterate. It costs one forward of the clean batch per call.
+  clean range, not the clean margin, so that it needs no label and stays positive where the
+  clean image is already misclassified. The floor (DLR's 1e-12, at least the dtype's smallest
+  normal) only matters for an image whose clean logits are all equal; it changes no iterate.
+  It costs one forward of the clean batch per call.
 * ``dlr``: the paper's Difference of Logits Ratio for ≥ 3 classes, ``-(z_y - max_{j≠y} z_j) /
   (z_π1 - z_π3 + 1e-12)`` with z_π the sorted logits of the current iterate; targeted (≥ 4
   classes) ``(z_t - max_{j≠t} z_j) / (z_π1 - (z_π3 + z_π4) / 2 + 1e-12)``. AutoAttack's targeted
