@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from medhpc.attacks import AttackResult, apgd_ce, cw_l2, fab, fgsm, pgd, spsa, square
+from medhpc.attacks import AttackResult, apgd, apgd_ce, cw_l2, fab, fgsm, pgd, spsa, square
 
 SLACK = 1e-6  # float32 rounding of (x + δ) - x
 
@@ -19,6 +19,7 @@ BOUNDED: dict[str, tuple[Callable[..., AttackResult], dict[str, Any]]] = {
     "pgd": (pgd, {"steps": 5, "step_size_frac": 0.4}),
     "spsa": (spsa, {"steps": 3, "samples": 32, "random_init": True, "lr_frac": 0.5}),
     "apgd_ce": (apgd_ce, {"steps": 8}),
+    "apgd_margin": (apgd, {"steps": 8, "loss": "margin"}),
     "fab": (fab, {"steps": 8, "restarts": 2}),
     "square": (square, {"queries": 60}),
 }

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from medhpc.attacks import AttackResult, apgd_ce, cw_l2, fab, fgsm, pgd, spsa, square
+from medhpc.attacks import AttackConfig, AttackResult, apgd, apgd_ce, cw_l2, fab, fgsm, pgd, spsa, square
 from medhpc.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.gpu
@@ -26,6 +26,7 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "spsa": lambda m, x, y: spsa(m, x, y, eps=0.03, steps=2, samples=16, max_batch_bytes=2**20),
     "apgd_ce": lambda m, x, y: apgd_ce(m, x, y, eps=0.03, steps=6),
     "pgd_eot": lambda m, x, y: pgd(m, x, y, eps=0.03, step_size=0.01, steps=2, eot=2),
+    "apgd_margin": lambda m, x, y: apgd(m, x, y, eps=0.03, steps=6, loss="margin", eot=2),
     "fab_linf": lambda m, x, y: fab(m, x, y, eps=0.03, steps=4, restarts=2),
     "fab_l2": lambda m, x, y: fab(m, x, y, eps=0.5, norm="l2", steps=4, eot=2),
     "square_linf": lambda m, x, y: square(m, x, y, eps=0.03, queries=20),
@@ -94,3 +95,30 @@ def test_spsa_uses_the_fused_cuda_kernels() -> None:
     from medhpc import _ext
 
     assert _ext.has_kernel("spsa_perturb_out", "cuda") and _ext.has_kernel("spsa_reduce", "cuda")
+
+
+def test_the_worst_case_runs_on_cuda_with_one_host_read_per_member(cuda_model: Any) -> None:
+    """The ensemble reads the device between members (which images are still robust), never
+    inside a member's loop: under the sync debugger's "warn" mode, at most one warning per
+    member after the first."""
+    import warnings
+
+    from medhpc.attacks import run_attack
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 32, 32, generator=g).cuda()
+    y = torch.tensor([0, 1, 0, 1], device="cuda")
+    members = (AttackConfig("pgd", eps=0.03, steps=3), AttackConfig("apgd", eps=0.03, steps=4, loss="margin"),
+               AttackConfig("square", eps=0.03, queries=10))  # fmt: skip
+    cfg = AttackConfig("worst_case", eps=0.03, members=members, eot=2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = run_attack(cuda_model, x, y, cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert res.broken_by is not None and res.broken_by.device.type == "cuda"
+    assert len(syncs) <= 2 * (len(members) - 1), [str(w.message) for w in syncs]
