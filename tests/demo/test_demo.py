@@ -107,6 +107,27 @@ def test_fgsm_falls_with_eps_too(demo_sweep: Path) -> None:
                     assert pgd[at] <= r["accuracy"], (_label(m), at, pgd[at], r["accuracy"])
 
 
+def test_the_worst_case_is_at_or_below_every_single_attack_at_its_eps(demo_sweep: Path) -> None:
+    """The demo's worst case (AutoAttack's members at small budgets) leaves no more images correct
+    than the strongest single attack at its ε, counts every image once among its members, and
+    the report sets the two side by side."""
+    summary = _summary(demo_sweep)
+    for m in summary["models"]:
+        worst = [r for r in m["attacks"] if r["config"]["attack"] == "worst_case"]
+        assert len(worst) == 1, _label(m)
+        w = worst[0]
+        at = (w["config"]["eps"], w["config"]["norm"])
+        singles = [r for r in m["attacks"] if r is not w and get_attack(r["config"]["attack"]).bounded
+                   and (r["config"].get("eps"), r["config"].get("norm")) == at]  # fmt: skip
+        assert singles, _label(m)
+        where = (_label(m), w["accuracy"], [(r["name"], r["accuracy"]) for r in singles])
+        assert all(w["accuracy"] <= r["accuracy"] for r in singles), where
+        assert sum(b["images"] for b in w["broken_by"]) == w["n"]
+        assert w["broken_by"][-1]["member"] == "none"
+    rows = (demo_sweep / "report" / "tables" / "worst-case.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(summary["models"])
+
+
 def test_every_masking_warning_is_explained(demo_sweep: Path) -> None:
     """A flag in the report is a finding to explain, never noise: each carries its paragraph,
     in the report's summary and in the evaluation it came from."""
