@@ -1,12 +1,14 @@
 """Square Attack: per-image time and model queries of medhpc's ``square`` against torchattacks
-3.5.1's ``Square`` at an equal query budget, and of medhpc's ``spsa`` at that same budget.
+3.5.1's ``Square`` and ART 1.20.1's ``SquareAttack`` at an equal query budget, and of medhpc's
+``spsa`` at that same budget.
 
 One process, one model and batch for all three: a ResNet50 classifier (:mod:`medhpc.models`,
 linear head, untrained, eval mode) on ``B`` random 3x``SIZE``² images labelled with the model's
 own predictions, L∞ ε 0.02. The budget is SPSA's: ``SPSA_STEPS`` Adam steps of ``SPSA_SAMPLES``
 ± pairs charge ``1 + steps · (2 · samples + 1)`` queries per image (326 by default); Square gets
 that many (torchattacks: ``n_queries`` = budget − 2 proposals, the same evaluations of a
-robust image, see :mod:`medhpc.attacks.square`).
+robust image, see :mod:`medhpc.attacks.square`; ART: ``max_iter`` = budget − 2 iterations, its
+``PyTorchClassifier`` over the same wrapped model, probabilities from the logits).
 
 Each case runs once (``rounds=1``) on a model wrapper that counts the images it is called on.
 ``extra_info``: ``per_image_ms``; ``charged_mean`` / ``charged_max``, the queries medhpc
@@ -104,10 +106,23 @@ def run_case(case: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
         import torchattacks
 
         return torchattacks.Square(model, norm="Linf", eps=EPS, n_queries=BUDGET - 2, seed=0)(x, y), None
+    if case == "square-art":
+        import numpy as np
+        from art.attacks.evasion import SquareAttack
+        from art.estimators.classification import PyTorchClassifier
+
+        classifier = PyTorchClassifier(
+            model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=2,
+            clip_values=(0.0, 1.0), device_type="gpu" if DEVICE == "cuda" else "cpu",
+        )  # fmt: skip
+        attack = SquareAttack(classifier, norm=np.inf, eps=EPS, max_iter=BUDGET - 2, p_init=0.8, nb_restarts=1,
+                              batch_size=x.shape[0], verbose=False)  # fmt: skip
+        adv = attack.generate(x.cpu().numpy(), y=y.cpu().numpy())
+        return torch.from_numpy(adv).to(x.device), None
     raise ValueError(f"unknown case {case!r}")
 
 
-CASES = ["square-medhpc", "square-torchattacks", "spsa-medhpc"]
+CASES = ["square-medhpc", "square-torchattacks", "square-art", "spsa-medhpc"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -3,7 +3,8 @@
 * ``paper``: the first seed's Appendix B/C rows (:func:`medhpc.attacks.config.paper_attacks`).
 * ``strong``: what a worst-case evaluation adds beside them: the per-image worst case at the
   paper's ε (0.02, L∞) over the paper's own PGD row and AutoAttack's members with their
-  two-class substitutes, and CW-L2 with EOT for stochastic heads.
+  two-class substitutes; the Square attack as the black-box row beside the paper's SPSA, at
+  SPSA's query budget; and CW-L2 with EOT for stochastic heads.
 
 A preset is a function ``label_mode -> [AttackConfig]``; a new one is a function and a line
 in :data:`PRESETS`. Several presets combine in the order given, a config listed twice once.
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from medhpc.attacks.config import AttackConfig, paper_attacks
+from medhpc.attacks.spsa import charged_queries
 
 LabelMode = Literal["true", "pred"]
 
@@ -40,15 +42,24 @@ def strong_members(eps: float = PAPER_EPS) -> tuple[AttackConfig, ...]:
     return (pgd, *defaults)
 
 
+def paper_spsa_queries() -> int:
+    """The model queries per image of the paper's SPSA row at its ε 0.02 (1 286 for 5 steps of
+    128 pairs): the Square row's budget, so that the two black boxes compare at equal cost."""
+    row = next(a for a in paper_attacks() if a.attack == "spsa" and a.eps == PAPER_EPS)
+    assert row.steps is not None and row.samples is not None
+    return charged_queries(row.steps, row.samples)
+
+
 def strong_attacks(label_mode: LabelMode = "pred") -> list[AttackConfig]:
-    """The worst case at ε 0.02 L∞ (:func:`strong_members`, EOT 20 on stochastic heads), and
-    CW-L2 at CleverHans' budget with EOT 20.
+    """The worst case at ε 0.02 L∞ (:func:`strong_members`, EOT 20 on stochastic heads), Square
+    at ε 0.02 with the paper's SPSA budget, and CW-L2 at CleverHans' budget with EOT 20.
 
     On a deterministic model EOT changes nothing: the CW row then equals the paper's CW row,
     and the sweep runs it only for stochastic heads (:func:`medhpc.sweep.graph.model_attacks`).
     """
     return [
         AttackConfig("worst_case", eps=PAPER_EPS, norm="linf", members=strong_members(), label_mode=label_mode),
+        AttackConfig("square", eps=PAPER_EPS, norm="linf", queries=paper_spsa_queries(), label_mode=label_mode),
         AttackConfig("cw_l2", eot=STRONG_EOT, label_mode=label_mode),
     ]
 

@@ -133,6 +133,13 @@ def spsa_gradient(
     return grad
 
 
+def charged_queries(steps: int, samples: int) -> int:
+    """Model evaluations SPSA charges each image: the start, and per step ``samples`` ± pairs
+    and the new iterate, ``1 + steps · (2 · samples + 1)`` (the budget a black box beside it
+    gets, e.g. Square in the strong preset)."""
+    return 1 + steps * (2 * samples + 1)
+
+
 def spsa(
     model: nn.Module,
     x: torch.Tensor,
@@ -168,14 +175,14 @@ def spsa(
         margin loss falls below it (CleverHans stops its one-image loop there; 0 means "as
         soon as misclassified"); frozen images still cost their probes, so the loop stays
         free of host synchronisation.
+    max_batch_bytes : probe images per model call, in bytes (activations come on top); None:
+        2 MiB on the CPU, 256 MiB on a GPU (``DEFAULT_BATCH_BYTES``).
+    seed, generator : the random start, the directions and a stochastic model's draws.
 
     Returns
     -------
     AttackResult holding each image's lowest-loss iterate (start included), and in ``queries``
-    the model evaluations charged to each image: ``1 + steps · (2 · samples + 1)``.
-    max_batch_bytes : probe images per model call, in bytes (activations come on top); None:
-        2 MiB on the CPU, 256 MiB on a GPU (``DEFAULT_BATCH_BYTES``).
-    seed, generator : the random start, the directions and a stochastic model's draws.
+    the model evaluations charged to each image (:func:`charged_queries`).
 
     A stochastic model (the VIB head) evaluates both probes of each ± pair under one model
     draw (common random numbers, ``fixed_noise(..., share_rows=2)``), so the difference
@@ -248,7 +255,7 @@ def spsa(
 
     # Charged per image: the start, then per step 2·samples probes and the iterate (frozen
     # images are still probed). Label resolution and finish's evaluation are not charged.
-    charged = torch.full((batch,), 1 + steps * (2 * samples + 1), dtype=torch.long, device=x.device)
+    charged = torch.full((batch,), charged_queries(steps, samples), dtype=torch.long, device=x.device)
     return finish(model, x, clamp_box(x + best, box), labels, targeted, base, queries=charged)
 
 

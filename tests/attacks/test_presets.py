@@ -11,7 +11,9 @@ from medhpc.config import ConfigError, config_hash, from_dict
 
 
 def test_the_strong_preset_is_the_worst_case_at_the_papers_eps_and_cw_with_eot() -> None:
-    worst, cw = strong_attacks("pred")
+    worst, black, cw = strong_attacks("pred")
+    # the black-box row beside the paper's SPSA (5 steps of 128 pairs), at its query budget
+    assert (black.attack, black.eps, black.queries) == ("square", PAPER_EPS, 1 + 5 * (2 * 128 + 1))
     facts = (worst.attack, worst.eps, worst.norm, worst.eot, worst.label_mode)
     assert facts == ("worst_case", PAPER_EPS, "linf", 20, "pred")
     assert worst.members is not None and [m.attack for m in worst.members] == ["pgd", "apgd", "apgd", "fab", "square"]
@@ -35,7 +37,7 @@ def test_an_evaluation_config_takes_one_preset_or_a_list_and_paper_keeps_its_has
     one = from_dict(RobustnessConfig, {"run": "r", "preset": "paper"})
     two = from_dict(RobustnessConfig, {"run": "r", "preset": ["paper", "strong"]})
     assert one.attack_list() == paper_attacks("pred")
-    assert [a.attack for a in two.attack_list()][-2:] == ["worst_case", "cw_l2"]
+    assert [a.attack for a in two.attack_list()][-3:] == ["worst_case", "square", "cw_l2"]
     assert config_hash(one) != config_hash(two)
     # the hash of a paper-preset config is that of the string, as before lists were allowed
     assert config_hash(one) == config_hash(RobustnessConfig(run="r", preset="paper"))

@@ -156,6 +156,6 @@ def test_the_strong_preset_runs_beside_the_papers_and_cw_with_eot_only_on_stocha
     heads = {str(graph.jobs[k].run): graph.jobs[k].config.model.head for k in graph.by_kind("train")}
     for run, names in by_run.items():
         assert "worst_case-linf-eps0.02-eot20-pgd+apgd_ce+apgd_margin+fab+square" in names
-        assert "cw_l2-s1000" in names
+        assert "cw_l2-s1000" in names and "square-linf-eps0.02-q1286" in names
         assert ("cw_l2-s1000-eot20" in names) == (heads[run] == "vib"), (heads[run], names)
     assert len(by_run) == len(heads)
