@@ -86,8 +86,12 @@ def member_problem(member: Any, eps: float | None, norm: str | None) -> str | No
 
 def check_config(settings: Mapping[str, Any]) -> tuple[str, str] | None:
     """The cross-field check of an ensemble's config: ``(key, problem)`` or None."""
+    clip = settings.get("clip")
+    finite = clip is not None and all(math.isfinite(v) for v in clip)
     for i, member in enumerate(settings.get("members") or ()):
         problem = member_problem(member, settings.get("eps"), settings.get("norm"))
+        if problem is None and not finite and member.spec.finite_clip:
+            problem = f"{member.attack!r} needs a finite clip range, and the ensemble's is {clip!r}"
         if problem:
             return f"members[{i}]", problem
     return None
@@ -115,9 +119,8 @@ def worst_case(
     ----------
     eps, norm : the ε-ball every member attacks in (each member's own eps and norm must match).
     members : attack configs (bounded, untargeted); an :class:`AttackConfig` that leaves them
-        out fills in :data:`DEFAULT_MEMBERS`. A member's
-        ``clip``, ``label_mode`` and ``targeted`` are the ensemble's: it attacks the labels the
-        ensemble resolved once.
+        out fills in :data:`DEFAULT_MEMBERS`. A member's ``clip``, ``label_mode`` and
+        ``targeted`` are the ensemble's: it attacks the labels the ensemble resolved once.
     eot : on a stochastic model, the gradient draws of every member that takes ``eot``
         (replacing the member's own); ignored on a deterministic one.
     recheck : fresh draws of a stochastic model under which a member's example must be
@@ -155,8 +158,7 @@ def worst_case(
     broken_by = torch.full((batch,), -1, dtype=torch.long, device=x.device)
     x_adv = x.clone()
     for k, member in enumerate(chosen):
-        member = dataclasses.replace(member, clip=s.box if _finite(s.box) else None, label_mode="true",
-                                     targeted=targeted)  # fmt: skip
+        member = dataclasses.replace(member, clip=s.box, label_mode="true", targeted=targeted)
         if noisy and member.spec.takes_eot:
             member = dataclasses.replace(member, eot=eot)
         robust = broken_by < 0
@@ -185,10 +187,6 @@ def worst_case(
     size = out.linf if s.norm == "linf" else out.l2
     min_norm = torch.where(success, size, torch.full_like(size, math.inf))
     return dataclasses.replace(out, success=success, broken_by=broken_by, min_norm=min_norm)
-
-
-def _finite(box: Clip) -> bool:
-    return math.isfinite(box[0]) and math.isfinite(box[1])
 
 
 SPEC = AttackSpec(

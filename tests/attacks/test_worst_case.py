@@ -235,3 +235,15 @@ def test_left_out_members_are_the_defaults_at_the_ensembles_eps_and_norm() -> No
     assert [m.attack for m in cfg.members] == [m["attack"] for m in DEFAULT_MEMBERS]
     assert all(m.eps == 0.5 and m.norm == "l2" for m in cfg.members)
     assert [m.loss for m in cfg.members][:2] == ["ce", "margin"]
+
+
+def test_the_ensembles_clip_range_reaches_its_members(trained) -> None:
+    """``clip`` None (the scripts' unclipped mode) and a narrower box both pass to every member."""
+    x, y = trained.x[:16], trained.y[:16]
+    members = (AttackConfig("fgsm", eps=0.3), AttackConfig("pgd", eps=0.3, steps=3))
+    free = run_attack(trained.model, x, y, AttackConfig("worst_case", eps=0.3, members=members, clip=None))
+    assert free.x_adv.min() < 0 or free.x_adv.max() > 1
+    boxed = run_attack(trained.model, x, y, AttackConfig("worst_case", eps=0.3, members=members, clip=(0.2, 0.8)))
+    assert boxed.x_adv.min() >= 0.2 and boxed.x_adv.max() <= 0.8
+    with pytest.raises(AttackConfigError, match=re.escape("members[0]: 'fab' needs a finite clip range")):
+        AttackConfig("worst_case", eps=0.3, members=(AttackConfig("fab", eps=0.3),), clip=None)
