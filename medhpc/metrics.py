@@ -59,6 +59,35 @@ def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[fl
     return (max(0.0, auc - half), min(1.0, auc + half))
 
 
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in nats along the last axis; 0 log 0 = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return terms.sum(-1)
+
+
+def uncertainty_measures(sample_probs: np.ndarray) -> dict[str, np.ndarray]:
+    """The four uncertainty measures per image from softmax draws ``(S, N, C)``: predictive
+    entropy H[p̄], expected entropy E_s H[p_s], mutual information (their difference) and the
+    variance of p_s over draws averaged over classes (reference-facts §6).
+
+    Mutual information is clipped at 0 (it is >= 0 exactly; rounding can dip below).
+    """
+    p = np.asarray(sample_probs, dtype=np.float64)
+    if p.ndim != 3:
+        raise ValueError(f"sample_probs must be (S, N, C), got shape {p.shape}")
+    mean = p.mean(0)
+    predictive = entropy(mean)
+    expected = entropy(p).mean(0)
+    return {
+        "predictive_entropy": predictive,
+        "expected_entropy": expected,
+        "mutual_information": np.maximum(predictive - expected, 0.0),
+        "variance": p.var(0).mean(-1),
+    }
+
+
 def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from medhpc.attacks.common import AttackResult
+from medhpc.attacks.detector import SCORES, SHORT, Detector
 from medhpc.attacks.registry import ATTACKS, get_attack
 from medhpc.attacks.spec import AttackSpec
 from medhpc.config import WHEN_SET, ConfigError, _Bad, nohash
@@ -69,6 +70,14 @@ def _fraction(value: Any) -> str | None:
     return None if _real(value) and 0 < value <= 1 else "must be a number in (0, 1]"
 
 
+def _score(value: Any) -> str | None:
+    return None if value in SCORES else f"must be one of {', '.join(map(repr, SCORES))}"
+
+
+def _open_fraction(value: Any) -> str | None:
+    return None if _real(value) and 0 < value < 1 else "must be a number in (0, 1)"
+
+
 def _members(value: Any) -> str | None:
     ok = isinstance(value, tuple) and len(value) > 0
     return None if ok else "must list at least one attack config"
@@ -102,7 +111,8 @@ class AttackConfig:
     ``attack`` is the name of a registered attack (:data:`ATTACKS`): ``none`` (clean
     evaluation), ``fgsm``, ``pgd``, ``cw_l2``, ``spsa``, ``apgd_ce``, ``apgd`` (its ``loss``:
     ``ce``, ``margin``, ``dlr``), ``fab``, ``square``, ``worst_case`` (its ``members`` are
-    attack configs themselves). ``eps`` is required by
+    attack configs themselves), ``adaptive`` (PGD against the classifier and an uncertainty
+    detector: its ``score`` thresholded at ``fpr`` on clean validation images). ``eps`` is required by
     the bounded attacks and must be left out for the others. ``label_mode`` "pred" attacks the
     model's own predictions (the original scripts' y = None); "true" the true labels; with
     ``targeted`` the labels given to :func:`run_attack` are the targets. ``clip`` None
@@ -133,6 +143,10 @@ class AttackConfig:
     abort_early: bool | None = param(_flag, added_later=True)
     abort_every: int | None = param(_count, added_later=True)
     members: tuple[AttackConfig, ...] | None = param(_members, added_later=True)
+    score: Literal["predictive_entropy", "mutual_information", "variance"] | None = param(_score, added_later=True)
+    fpr: float | None = param(_open_fraction, added_later=True)
+    target_quantile: float | None = param(_fraction, added_later=True)
+    initial_lambda: float | None = param(_nonnegative, added_later=True)
     targeted: bool = False
     label_mode: Literal["true", "pred"] = "true"
     clip: tuple[float, float] | None = (0.0, 1.0)
@@ -225,6 +239,8 @@ class AttackConfig:
             parts.append(self.loss)
         if self.queries is not None:
             parts.append(f"q{self.queries}")
+        if self.score is not None:
+            parts.append(SHORT[self.score])
         if self.targeted:
             parts.append("targeted")
         if self.eot not in (None, 1):
@@ -232,6 +248,18 @@ class AttackConfig:
         if self.members is not None:
             parts.append("+".join(m.attack + (f"_{m.loss}" if m.loss else "") for m in self.members))
         return "-".join(parts)
+
+    def non_adaptive(self) -> AttackConfig | None:
+        """For an attack on a detector, the attack it is when it ignores the detector (its
+        spec's ``plain``: PGD for ``adaptive``), with every setting the two share; None for
+        other attacks. The report sets the two side by side."""
+        plain = self.spec.plain
+        if plain is None:
+            return None
+        takes = get_attack(plain).parameters(TUNABLE)
+        shared = {k: getattr(self, k) for k in takes}
+        return AttackConfig(plain, eps=self.eps, targeted=self.targeted, label_mode=self.label_mode,
+                            clip=self.clip, **shared)  # fmt: skip
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the attack function this config calls."""
@@ -263,17 +291,33 @@ def _takes(spec: AttackSpec) -> str:
 
 
 def run_attack(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg: AttackConfig, seed: int = 0
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    cfg: AttackConfig,
+    seed: int = 0,
+    *,
+    detector: Detector | None = None,
 ) -> AttackResult:
     """Run the attack ``cfg`` describes on a batch.
 
     ``y`` are the true labels (or, for a targeted config, the targets); ``None`` attacks the
     model's predictions. ``seed`` names every random draw, so a sweep job is reproducible.
     Attack ``none`` returns the clean images with their predictions (success all False).
+    ``detector``: the fitted detector an attack whose spec is ``calibrated`` attacks (see
+    :func:`medhpc.attacks.detector.calibrate`); refused for any other attack.
     """
     if not isinstance(cfg, AttackConfig):
         raise TypeError(f"cfg must be an AttackConfig, got {type(cfg).__name__}")
-    result: AttackResult = cfg.spec.function(model, x, y, seed=seed, **cfg.kwargs())
+    kwargs = cfg.kwargs()
+    if cfg.spec.calibrated:
+        if detector is None:
+            raise ValueError(f"{cfg.name} attacks an uncertainty detector: fit it on clean validation images "
+                             "(medhpc.attacks.detector.calibrate) and pass it as detector=")  # fmt: skip
+        kwargs["detector"] = detector
+    elif detector is not None:
+        raise ValueError(f"{cfg.name} attacks no detector; detector= is only for calibrated attacks")
+    result: AttackResult = cfg.spec.function(model, x, y, seed=seed, **kwargs)
     return result
 
 

@@ -19,6 +19,7 @@ import torch
 
 from medhpc import __version__, atomic
 from medhpc.attacks.config import AttackConfig
+from medhpc.attacks.detector import Detector, calibrate
 from medhpc.attacks.presets import PresetName, preset_attacks
 from medhpc.attacks.robustness import evaluate_robustness
 from medhpc.config import bad, config_hash, load, nohash, to_dict
@@ -35,7 +36,8 @@ class RobustnessConfig:
 
     ``run``: a training run folder (its kept model ``best.pt``) or a checkpoint file.
     ``attacks`` lists attack configs; ``preset`` (a name of :data:`medhpc.attacks.presets.PRESETS`
-    or a list of them: ``paper``, ``strong``) adds its rows first.
+    or a list of them: ``paper``, ``strong``, ``adaptive``) adds its rows first. An attack on an
+    uncertainty detector (``adaptive``) gets its detector fitted on the cache's ``val`` split.
     ``label_mode``, when given, sets the label mode of every attack (``pred``: the model's own
     predictions, as the scripts did; ``true``: the true labels); left out, each listed attack
     keeps its own (default ``true``) and the preset's rows use ``pred``. ``cache``
@@ -111,10 +113,21 @@ def evaluate_run(cfg: RobustnessConfig, progress: bool | None = None) -> Path:
     cache = cfg.cache or train_cfg["data"]["cache"]
     image_size = train_cfg["data"].get("image_size")
     attacks = cfg.attack_list()
+    detectors: dict[int, Detector] = {}
+    for j, a in enumerate(attacks):
+        if a.spec.calibrated:
+            assert a.score is not None and a.fpr is not None and a.target_quantile is not None
+            if cfg.split == "val":
+                log.warning("%s: the detector is fitted on the val split it is then attacked on", a.name)
+            with CacheLoader(cache, "val", batch_size=cfg.batch_size) as val:
+                detectors[j] = calibrate(
+                    model, _batches(val, device, image_size, None), score=a.score, fpr=a.fpr,
+                    target_quantile=a.target_quantile, seed=cfg.seed,
+                )  # fmt: skip
     with CacheLoader(cache, cfg.split, batch_size=cfg.batch_size) as loader:
         result = evaluate_robustness(
             model, _batches(loader, device, image_size, cfg.limit), attacks,
-            seed=cfg.seed, device=device, progress=progress is not False,
+            seed=cfg.seed, device=device, progress=progress is not False, detectors=detectors,
         )  # fmt: skip
     result = {
         "config": to_dict(cfg),

@@ -5,6 +5,11 @@
   paper's ε (0.02, L∞) over the paper's own PGD row and AutoAttack's members with their
   two-class substitutes; the Square attack as the black-box row beside the paper's SPSA, at
   SPSA's query budget; and CW-L2 with EOT for stochastic heads.
+* ``adaptive``: the adaptive attack on each uncertainty detector at the paper's PGD row
+  (ε 0.02 L∞, 5 steps of 0.01 per round, 5 rounds of the search over λ), with EOT 20 and,
+  for entropy and mutual information, without; beside it the non-adaptive PGD row with EOT 20
+  (the paper's PGD row is the one without). Mutual information and variance run only on
+  stochastic heads (:func:`medhpc.sweep.graph.model_attacks`).
 
 A preset is a function ``label_mode -> [AttackConfig]``; a new one is a function and a line
 in :data:`PRESETS`. Several presets combine in the order given, a config listed twice once.
@@ -16,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from medhpc.attacks.config import AttackConfig, paper_attacks
+from medhpc.attacks.detector import SCORES
 from medhpc.attacks.spsa import charged_queries
 
 LabelMode = Literal["true", "pred"]
@@ -64,13 +70,26 @@ def strong_attacks(label_mode: LabelMode = "pred") -> list[AttackConfig]:
     ]
 
 
+def adaptive_attacks(label_mode: LabelMode = "pred") -> list[AttackConfig]:
+    """The adaptive attack per detector score at the paper's PGD row (ε 0.02, 5 × 0.01 per
+    round), EOT 20 for every score and no EOT for entropy and mutual information, and the
+    non-adaptive PGD row with EOT 20 to set beside the EOT rows."""
+    base = {"eps": PAPER_EPS, "norm": "linf", "step_size": PAPER_EPS / 2, "steps": 5, "label_mode": label_mode}
+    rows = [AttackConfig("pgd", eot=STRONG_EOT, **base)]  # type: ignore[arg-type]
+    for score in SCORES:
+        for eot in (1, STRONG_EOT) if score != "variance" else (STRONG_EOT,):
+            rows.append(AttackConfig("adaptive", score=score, eot=eot, **base))  # type: ignore[arg-type]
+    return rows
+
+
 #: The presets, by name.
 PRESETS: dict[str, Callable[[LabelMode], list[AttackConfig]]] = {
     "paper": paper_attacks,
     "strong": strong_attacks,
+    "adaptive": adaptive_attacks,
 }
 
-PresetName = Literal["paper", "strong"]
+PresetName = Literal["paper", "strong", "adaptive"]
 
 
 def preset_attacks(names: str | Sequence[str] | None, label_mode: LabelMode = "pred") -> list[AttackConfig]:

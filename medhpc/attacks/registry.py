@@ -5,7 +5,7 @@ Adding an attack is a new module that defines its function and ``SPEC``, plus it
 
 from __future__ import annotations
 
-from medhpc.attacks import apgd, cw, fab, fgsm, none, pgd, spsa, square, worst_case
+from medhpc.attacks import adaptive, apgd, cw, fab, fgsm, none, pgd, spsa, square, worst_case
 from medhpc.attacks.spec import AttackSpec
 
 #: Registration order is the order configs, tables and error messages list attacks in.
@@ -22,6 +22,7 @@ ATTACKS: dict[str, AttackSpec] = {
         fab.SPEC,
         square.SPEC,
         worst_case.SPEC,
+        adaptive.SPEC,
     )
 }
 

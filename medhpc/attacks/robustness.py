@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from medhpc.attacks.common import derive_seed, model_logits
 from medhpc.attacks.config import AttackConfig, run_attack
+from medhpc.attacks.detector import Detector, deployed_probs, score_values
 from medhpc.attacks.registry import get_attack
 from medhpc.attacks.spec import RUNTIME, AttackSpec
 from medhpc.config import config_hash, to_dict
@@ -42,6 +43,7 @@ def evaluate_robustness(
     tolerance: float = 0.01,
     cw_max_accuracy: float = 0.05,
     cw_min_success: float = 0.5,
+    detectors: Mapping[int, Detector] | None = None,
 ) -> dict[str, Any]:
     """Accuracy under attack for each configuration, with gradient-masking warnings.
 
@@ -55,6 +57,10 @@ def evaluate_robustness(
     device : where to run (default: the model's).
     progress : a tqdm bar over batches.
     tolerance, cw_max_accuracy, cw_min_success : thresholds of :func:`masking_warnings`.
+    detectors : for each attack on an uncertainty detector (by its index in ``attacks``), the
+        fitted detector (:func:`medhpc.attacks.detector.calibrate`). Its row also gets
+        ``detector``, ``rejected`` (adversarial images the detector rejects) and
+        ``system_accuracy`` (images classified correctly or rejected), with intervals.
 
     Returns
     -------
@@ -86,8 +92,17 @@ def evaluate_robustness(
                 if classes is None:
                     classes = int(model_logits(model, x[:1], seed).shape[-1])
                 labels = (y + 1) % classes
-            res = run_attack(model, x, labels, cfg, seed=derive_seed(seed, b, j))
+            det = (detectors or {}).get(j)
+            res = run_attack(model, x, labels, cfg, seed=derive_seed(seed, b, j), detector=det)
             t = totals[j]
+            if det is not None:
+                probs, draws = deployed_probs(model, res.x_adv, derive_seed(seed, b, j, 2), det.samples)
+                scores = score_values(det.score, probs.cpu().numpy(), None if draws is None else draws.cpu().numpy())
+                rejects = torch.from_numpy(det.rejects(scores)).to(device)
+                n_rej = rejects.double().sum()
+                n_sys = ((res.pred == y) | rejects).double().sum()
+                t["rejected"] = t["rejected"] + n_rej if "rejected" in t else n_rej
+                t["system"] = t["system"] + n_sys if "system" in t else n_sys
             ok = res.success.double()
             t["n"] += res.success.numel()
             t["correct"] += (res.pred == y).double().sum()
@@ -100,9 +115,20 @@ def evaluate_robustness(
                 counts = torch.bincount(res.broken_by + 1, minlength=len(cfg.members) + 1).double()
                 t["broken_by"] = t["broken_by"] + counts if "broken_by" in t else counts
     rows = []
-    for cfg, t in zip(attacks, totals, strict=True):
+    for j, (cfg, t) in enumerate(zip(attacks, totals, strict=True)):
         breaks = t.pop("broken_by", None)
+        n_rejected: torch.Tensor | None = t.pop("rejected") if "rejected" in t else None
+        n_system: torch.Tensor | None = t.pop("system") if "system" in t else None
         row = attack_row(cfg, {k: float(v) for k, v in t.items()})
+        if n_rejected is not None and n_system is not None:
+            rejected, system = float(n_rejected), float(n_system)
+            n_img = row["n"]
+            det = (detectors or {})[j]
+            row["detector"] = det.to_dict()
+            row["rejected"] = rejected / n_img
+            row["rejected_interval"] = list(wilson_interval(round(rejected), n_img))
+            row["system_accuracy"] = system / n_img
+            row["system_accuracy_interval"] = list(wilson_interval(round(system), n_img))
         if breaks is not None:
             row["broken_by"] = member_breaks(cfg, [int(c) for c in breaks.tolist()])
         rows.append(row)
@@ -250,7 +276,9 @@ def masking_warnings(
     # accuracy under attack when it attacks the true labels. With label_mode "pred" the
     # accuracy against the true labels is not a strength (flipping a wrong prediction makes
     # it right: a model near chance keeps ~50 % "accuracy" under a perfect attack).
-    rows = [{**r, "accuracy": 1.0 - r["success_rate"]} for r in rows]
+    # An attack on (classifier + detector) gives up misclassifications to evade the detector:
+    # its accuracy is not a classification attack's strength.
+    rows = [{**r, "accuracy": 1.0 - r["success_rate"]} for r in rows if not _spec(r).calibrated]
     out: list[dict[str, Any]] = []
 
     def flag(kind: str, message: str, *names: str) -> None:

@@ -47,6 +47,13 @@ class AttackSpec:
         defaults: APGD's momentum and ρ, PGD's explicit start for the parity tests).
     check : a cross-field check of a config's settings (the worst case's members against its
         ε), returning ``(key, problem)`` or None; single values are checked by their fields.
+    calibrated : whether it attacks a classifier together with an uncertainty detector fitted
+        on clean validation images (the adaptive attack): the job fits the detector
+        (:func:`medhpc.attacks.detector.calibrate`) and :func:`medhpc.attacks.run_attack` passes
+        it as ``detector=``. Such an attack trades misclassification for evasion, so it is left
+        out of the gradient-masking comparisons between classification attacks.
+    plain : for a calibrated attack, the attack it is when it ignores the detector (the
+        adaptive attack's λ = 0 round is ``pgd``): the report sets the two side by side.
     """
 
     name: str
@@ -60,6 +67,8 @@ class AttackSpec:
     reaches_surface: Callable[[Mapping[str, Any]], bool] = _always
     fixed: tuple[str, ...] = ()
     check: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None
+    calibrated: bool = False
+    plain: str | None = None
 
     @cached_property
     def signature(self) -> dict[str, Any]:

@@ -81,6 +81,8 @@ def member_problem(member: Any, eps: float | None, norm: str | None) -> str | No
         return f"its norm {member.norm!r} differs from the ensemble's {norm!r}"
     if member.targeted:
         return "members are untargeted; set targeted on the ensemble"
+    if member.spec.calibrated:
+        return f"{member.attack!r} attacks a detector, not the classifier alone; run it as its own row"
     return None
 
 

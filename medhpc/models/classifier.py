@@ -96,6 +96,17 @@ class Classifier(nn.Module):
             return out.samples
         return self.head(t).logits.unsqueeze(0)
 
+    def logits_and_draws(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction's logits (B, classes), exactly as :meth:`forward` computes them, and the
+        per-draw logits (S, B, classes) it combined, from one pass (S = 1 for a deterministic head).
+
+        An attack on an uncertainty detector needs both at the same point and draw: the
+        classification loss on the first, the detector's score on the second.
+        """
+        out: HeadOutput = self.head(self.features(x)[0])
+        draws = out.samples if out.samples is not None else out.logits.unsqueeze(0)
+        return out.logits, draws
+
     def expected_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Noise-free logits (the VIB head's mu path); the plain logits for other heads."""
         t = self.features(x)[0]

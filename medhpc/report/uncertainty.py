@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medhpc.metrics import roc_auc
+from medhpc.metrics import entropy, roc_auc, uncertainty_measures
 
 #: Measures in report order; deterministic models have only the first.
 MEASURES: tuple[str, ...] = ("predictive_entropy", "expected_entropy", "mutual_information", "variance")
@@ -37,31 +37,8 @@ LABELS: dict[str, str] = {
 }
 
 
-def _entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in nats along the last axis; 0 log 0 = 0."""
-    p = np.asarray(p, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    return terms.sum(-1)
-
-
-def measures(sample_probs: np.ndarray) -> dict[str, np.ndarray]:
-    """The four measures per image from draws ``(S, N, C)`` (each row a distribution).
-
-    Mutual information is clipped at 0 (it is >= 0 exactly; rounding can dip below).
-    """
-    p = np.asarray(sample_probs, dtype=np.float64)
-    if p.ndim != 3:
-        raise ValueError(f"sample_probs must be (S, N, C), got shape {p.shape}")
-    mean = p.mean(0)
-    predictive = _entropy(mean)
-    expected = _entropy(p).mean(0)
-    return {
-        "predictive_entropy": predictive,
-        "expected_entropy": expected,
-        "mutual_information": np.maximum(predictive - expected, 0.0),
-        "variance": p.var(0).mean(-1),
-    }
+_entropy = entropy
+measures = uncertainty_measures
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medhpc.attacks import ATTACKS, AttackConfig, AttackResult, run_attack
+from medhpc.attacks import ATTACKS, AttackConfig, AttackResult, calibrate, run_attack
 from medhpc.attacks.config import TUNABLE
 from medhpc.attacks.spec import AttackSpec
 from medhpc.models import ModelConfig, build_model, is_stochastic
@@ -83,11 +83,18 @@ def attacks_check(head: str) -> Callable[[Context], str]:
         for spec in ATTACKS.values():
             cfg = attack_config(spec, ctx, stochastic)
             started = time.perf_counter()
+            detector = None
+            if spec.calibrated:  # fitted first, outside the sync check (it reads scores on the host)
+                score: Any = "mutual_information" if stochastic else "predictive_entropy"
+                cfg = dataclasses.replace(cfg, score=score)
+                assert cfg.fpr is not None and cfg.target_quantile is not None
+                x_val = torch.rand(x.shape, generator=g).to(ctx.device)
+                detector = calibrate(model, [(x_val, y)], score=score, fpr=cfg.fpr, target_quantile=cfg.target_quantile)
             if ctx.cuda and not _syncs_between_members(spec):
                 torch.cuda.synchronize(ctx.device)
                 torch.cuda.set_sync_debug_mode("error")
             try:
-                res = run_attack(model, x, y, cfg, seed=1)
+                res = run_attack(model, x, y, cfg, seed=1, detector=detector)
             except RuntimeError as exc:
                 raise CheckFailed(f"{spec.name}: {exc}".splitlines()[0]) from exc
             finally:

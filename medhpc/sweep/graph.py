@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medhpc.attacks.config import AttackConfig
+from medhpc.attacks.detector import STOCHASTIC_ONLY
 from medhpc.attacks.presets import preset_attacks
 from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.models.config import ModelConfig
@@ -65,10 +66,12 @@ def attack_list(cfg: SweepConfig) -> list[AttackConfig]:
 def model_attacks(attacks: list[AttackConfig], stochastic: bool) -> list[AttackConfig]:
     """The attacks a model gets: on a deterministic one, a config that differs from another
     listed one only by its EOT draws is the same attack (one draw is all there is), so it is
-    left out (the strong preset's CW-L2 with EOT beside the paper's CW-L2)."""
+    left out (the strong preset's CW-L2 with EOT beside the paper's CW-L2), and so is an
+    attack on a detector score that is 0 without draws (mutual information, variance)."""
     if stochastic:
         return attacks
-    return [a for a in attacks if a.eot in (None, 1) or replace(a, eot=1) not in attacks]
+    kept = [a for a in attacks if a.eot in (None, 1) or replace(a, eot=1) not in attacks]
+    return [a for a in kept if a.score not in STOCHASTIC_ONLY]
 
 
 def prepare_job(cfg: SweepConfig, ds: DatasetSpec) -> PrepareJob:

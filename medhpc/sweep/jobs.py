@@ -150,13 +150,47 @@ class AttackJob:
         dev = resolve_device(device)
         model, train_cfg = load_model(self.run, dev)
         Path(self.shard).parent.mkdir(parents=True, exist_ok=True)
+        detector = self.detector(model, dev) if self.attack.spec.calibrated else None
         batches = cache_batches(self.cache, self.split, self.start, self.stop, batch_size=32, device=dev,
                                 image_size=self.image_size)  # fmt: skip
         attack_to_shard(
             self.shard, model, batches, self.attack, start=self.start, split=self.split, seed=self.seed,
             model_config=train_cfg["model"], run=self.run, dataset=self.cache, set_size=self.set_size,
-            device=dev, config_hash=self.set_hash,
+            device=dev, config_hash=self.set_hash, detector=detector,
         )  # fmt: skip
+
+    @property
+    def detector_file(self) -> Path:
+        """Where the shard set's detector is kept: fitted once, read by every slice of the set."""
+        return Path(self.shard).parent / "detector.json"
+
+    def detector(self, model: Any, device: Any) -> Any:
+        """The detector this set's attack is against, fitted on the clean images of the cache's
+        validation split under the sweep's seed (:func:`medhpc.attacks.detector.calibrate`).
+
+        The first slice fits it and writes ``detector.json`` beside its shard; the others read
+        it, so every shard of the set attacks one threshold (the report checks they agree).
+        """
+        from medhpc import atomic
+        from medhpc.attacks.detector import Detector, calibrate
+        from medhpc.sweep.produce import cache_batches
+
+        path, a = self.detector_file, self.attack
+        if path.is_file():
+            try:
+                det = Detector.from_dict(json.loads(path.read_text()), source=str(path))
+            except ValueError as exc:
+                raise ValueError(f"{path} is damaged ({exc}); delete it to fit the detector again") from None
+            if (det.score, det.fpr, det.target_quantile, det.seed) == (a.score, a.fpr, a.target_quantile, self.seed):
+                return det
+            raise ValueError(f"{path} holds a detector for other settings than {a.name}; delete it to refit")
+        val = cache_batches(self.cache, "val", batch_size=32, device=device, image_size=self.image_size)
+        assert a.score is not None and a.fpr is not None and a.target_quantile is not None
+        det = calibrate(model, val, score=a.score, fpr=a.fpr, target_quantile=a.target_quantile, seed=self.seed)
+        atomic.write_json(det.to_dict(), path)
+        log.info("%s: %s above %.6g rejects %d of %d clean val images (fpr %g)", a.name, det.score,
+                 det.threshold, det.rejected, det.n, det.fpr)  # fmt: skip
+        return det
 
 
 def _recorded(job: EvaluateJob | ReportJob, fmt: int) -> dict[str, Any] | None:

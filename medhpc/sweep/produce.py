@@ -23,35 +23,13 @@ from tqdm.auto import tqdm
 
 from medhpc.attacks.common import derive_seed
 from medhpc.attacks.config import AttackConfig, run_attack
+from medhpc.attacks.detector import DEFAULT_SAMPLES, Detector, default_samples
+from medhpc.attacks.detector import deployed_probs as _probs
 from medhpc.config import ConfigError, from_dict
-from medhpc.models.config import ModelConfig
-from medhpc.models.noise import fixed_noise, is_stochastic
+from medhpc.models.noise import is_stochastic
 from medhpc.store import ShardError, ShardInfo, ShardMeta, ShardWriter
 
 log = logging.getLogger(__name__)
-
-#: Draws stored per image for a stochastic model without a VIB config to ask (the paper's 12).
-DEFAULT_SAMPLES = 12
-
-
-def default_samples(model: nn.Module) -> int:
-    """S for a stochastic model: the draws its head's prediction averages (its spec's
-    ``eval_samples``: the VIB head's setting), else :data:`DEFAULT_SAMPLES`."""
-    cfg = getattr(model, "cfg", None)
-    samples = cfg.head_spec.eval_samples(cfg) if isinstance(cfg, ModelConfig) else 0
-    return samples if samples >= 1 else DEFAULT_SAMPLES
-
-
-def _probs(model: nn.Module, x: torch.Tensor, seed: int, samples: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Softmax of the model's prediction (B, C) and, when ``samples``, of each draw (S, B, C),
-    under one pinned noise draw, so that (with S = eval_samples) the draws are the ones the
-    prediction combined."""
-    with torch.no_grad(), fixed_noise(model, seed):
-        probs = torch.softmax(model(x).float(), -1)
-        per_draw = None
-        if samples:
-            per_draw = torch.softmax(model.sample_logits(x, samples).float(), -1)  # type: ignore[operator]
-    return probs, per_draw
 
 
 def _unpack(batch: Any, b: int) -> tuple[torch.Tensor, torch.Tensor, Sequence[str] | None]:
@@ -90,6 +68,7 @@ def attack_to_shard(
     config_hash: str | None = None,
     meta: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    detector: Detector | None = None,
 ) -> ShardInfo:
     """Attack every batch, compute clean and adversarial probabilities, write one shard.
 
@@ -115,6 +94,9 @@ def attack_to_shard(
     device : where to run (default: the model's device).
     image_dtype, compression : see :class:`~medhpc.store.writer.ShardWriter`.
     progress : a tqdm bar over batches (None: only on a terminal).
+    detector : for an attack on an uncertainty detector (its spec is ``calibrated``), the
+        detector fitted on clean validation images (:func:`medhpc.attacks.detector.calibrate`);
+        recorded in the shard's ``meta`` as ``detector``, where the report finds it.
 
     Returns
     -------
@@ -144,6 +126,12 @@ def attack_to_shard(
     device = torch.device(device)
     if model.training:
         log.warning("attack_to_shard: the model is in training mode; call model.eval() first")
+    if attack.spec.calibrated:
+        if not isinstance(detector, Detector):
+            raise ShardError(f"{attack.name} attacks an uncertainty detector: give the fitted detector as detector=")
+        meta = {**dict(meta or {}), "detector": detector.to_dict()}
+    elif detector is not None:
+        raise ShardError(f"{attack.name} attacks no detector; detector= is only for calibrated attacks")
     shard_meta = ShardMeta(
         attack=attack, split=split, start=start, model_hash=model_hash, model_config=model_config, run=str(run),
         dataset=str(dataset), set_size=set_size, seed=seed, samples=s, config_hash=config_hash, meta=meta,
@@ -166,7 +154,7 @@ def attack_to_shard(
             y = y.to(device, non_blocking=True).long()
             clean, clean_draws = _probs(model, x, derive_seed(seed, i0, 1), s)
             labels = (y + 1) % clean.shape[-1] if attack.targeted else y
-            res = run_attack(model, x, labels, attack, seed=derive_seed(seed, i0))
+            res = run_attack(model, x, labels, attack, seed=derive_seed(seed, i0), detector=detector)
             adv, adv_draws = _probs(model, res.x_adv, derive_seed(seed, i0, 2), s)
             arrays: dict[str, Any] = {
                 "x_adv": res.x_adv, "index": np.arange(i0, i0 + n, dtype=np.int64), "ids": batch_ids,

@@ -30,7 +30,7 @@ def test_presets_combine_in_order_without_repeats() -> None:
     assert preset_attacks(None) == []
     with pytest.raises(ValueError, match="unknown attack preset 'wild'"):
         preset_attacks("wild")
-    assert set(PRESETS) == {"paper", "strong"}
+    assert set(PRESETS) == {"paper", "strong", "adaptive"}
 
 
 def test_an_evaluation_config_takes_one_preset_or_a_list_and_paper_keeps_its_hash() -> None:
