@@ -59,7 +59,7 @@ class RobustnessConfig:
 
     def _check(self) -> None:
         if not self.attacks and self.preset is None:
-            raise bad("attacks", "list at least one attack, or set a preset (paper, strong)")
+            raise bad("attacks", "list at least one attack, or set a preset (paper, strong, adaptive)")
         if self.limit is not None and self.limit < 1:
             raise bad("limit", f"must be >= 1 or null, got {self.limit}")
         if self.batch_size < 1:

@@ -181,7 +181,7 @@ class SweepConfig:
         if len(set(names)) != len(names):
             raise bad("datasets", f"dataset names must be unique, got {names}")
         if not self.attacks and self.attack_preset is None:
-            raise bad("attacks", "list at least one attack, or set attack_preset (paper, strong)")
+            raise bad("attacks", "list at least one attack, or set attack_preset (paper, strong, adaptive)")
         if self.shard_size < 1:
             raise bad("shard_size", f"must be >= 1, got {self.shard_size}")
         if self.limit is not None and self.limit < 1:

@@ -122,3 +122,19 @@ def test_the_worst_case_runs_on_cuda_with_one_host_read_per_member(cuda_model: A
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     assert res.broken_by is not None and res.broken_by.device.type == "cuda"
     assert len(syncs) <= 2 * (len(members) - 1), [str(w.message) for w in syncs]
+
+
+def test_the_adaptive_attack_runs_on_cuda_without_host_sync(cuda_model: Any) -> None:
+    """The detector is fitted first (it reads scores on the host); the attack itself, its λ search
+    included, reads nothing."""
+    from medhpc.attacks import adaptive, calibrate
+    from medhpc.models import is_stochastic
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 32, 32, generator=g).cuda()
+    y = torch.tensor([0, 1, 0, 1], device="cuda")
+    score = "mutual_information" if is_stochastic(cuda_model) else "predictive_entropy"
+    det = calibrate(cuda_model, [(torch.rand(8, 3, 32, 32, generator=g).cuda(), y.repeat(2))], score=score)
+    with no_host_sync():
+        res = adaptive(cuda_model, x, y, eps=0.03, steps=2, search_steps=2, eot=2, score=score, detector=det)
+    assert res.x_adv.device.type == "cuda" and res.const is not None

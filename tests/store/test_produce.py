@@ -196,3 +196,30 @@ def test_without_a_bar_each_batch_is_logged(tmp_path: Path, tiny_model: nn.Modul
     assert len(lines) == 2
     assert lines[0].startswith("attack fgsm-linf-eps0.03: batch 1/2 done, 3 images in ")
     assert lines[1].startswith("attack fgsm-linf-eps0.03: batch 2/2 done, 5 images in ")
+
+
+def test_an_adaptive_shard_records_its_detector_and_the_validation_scores_it_was_fitted_on(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    """The detector fitted on a split scores each image exactly as a shard of that split stores
+    it (the same draws under the same seed), so the report counts the same rejections."""
+    from medhpc.attacks.detector import calibrate, score_values
+
+    _, _, batches = _batches(40, [16, 16, 8], seed=3)
+    det = calibrate(tiny_model, batches, score="predictive_entropy", fpr=0.1, seed=2)
+    kwargs: dict[str, Any] = {"start": 0, "seed": 2, "model_hash": "tiny", "ids": [str(i) for i in range(40)]}
+    val = attack_to_shard(tmp_path / "val.h5", tiny_model, batches, AttackConfig("none"), split="val", **kwargs)
+    stored = ShardReader(val.path).read(["clean_probs"])
+    assert int(det.rejects(score_values(det.score, stored["clean_probs"], None)).sum()) == det.rejected == 4
+
+    cfg = AttackConfig("adaptive", eps=0.05, steps=3, search_steps=2, fpr=0.1)
+    info = attack_to_shard(tmp_path / "a.h5", tiny_model, batches, cfg, split="test", detector=det, **kwargs)
+    assert info.attrs["meta"]["detector"] == det.to_dict()
+    got = ShardReader(info.path).read(["const", "success", "linf"])
+    assert got["const"].shape == (40,) and (got["linf"] <= 0.05 + 1e-6).all()
+    with pytest.raises(ShardError, match="give the fitted detector"):
+        attack_to_shard(tmp_path / "b.h5", tiny_model, batches, cfg, split="test", **kwargs)
+    with pytest.raises(ShardError, match="only for calibrated attacks"):
+        attack_to_shard(tmp_path / "c.h5", tiny_model, batches, AttackConfig("none"), split="test", detector=det,
+                        **kwargs)  # fmt: skip
+    assert not (tmp_path / "b.h5").exists() and not (tmp_path / "c.h5").exists()

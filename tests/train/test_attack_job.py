@@ -124,3 +124,19 @@ def test_shipped_attack_configs_load() -> None:
     assert len(files) >= 2
     for path in files:
         assert load_config(path, {"run": "somewhere"}).attack_list()
+
+
+def test_an_adaptive_attack_gets_its_detector_fitted_on_the_val_split(run: Path, tmp_path: Path) -> None:
+    from medhpc.data.cache import CacheDataset
+
+    cfg = from_dict(RobustnessConfig, {
+        "run": str(run), "label_mode": "true", "limit": 8, "out": str(tmp_path),
+        "attacks": [{"attack": "pgd", "eps": 0.03, "steps": 2},
+                    {"attack": "adaptive", "eps": 0.03, "steps": 2, "search_steps": 2, "fpr": 0.2}],
+    })  # fmt: skip
+    result = json.loads(evaluate_run(cfg, progress=False).read_text())
+    row = result["attacks"][1]
+    det = row["detector"]
+    n_val = len(CacheDataset(json.loads((run / "metrics.json").read_text())["cache"], "val"))
+    assert det["split"] == "val" and det["n"] == n_val and abs(det["rejected"] - 0.2 * n_val) <= 1
+    assert row["accuracy"] <= row["system_accuracy"] <= 1.0
