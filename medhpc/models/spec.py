@@ -76,6 +76,8 @@ class HeadSpec:
     base : the plain head: the reference model, whose backbone ``on_base`` heads train on.
     on_base : trains on a finished base model's frozen backbone (the VIB recipe).
     own_map : exposes a spatial map of its own (soft attention's A), drawn beside Grad-CAM.
+    pooled : sees the feature map only through its global average (linear, VIB), so a frozen
+        backbone's pooled features can stand in for the map (:mod:`medhpc.train.features`).
     """
 
     name: str
@@ -89,6 +91,7 @@ class HeadSpec:
     base: bool = False
     on_base: bool = False
     own_map: bool = False
+    pooled: bool = False
 
     def settings_of(self, cfg: ModelConfig) -> Any:
         """This head's section of ``cfg`` (None for a head without settings)."""

@@ -90,7 +90,9 @@ class TrainConfig:
     cuDNN, off for cuBLAS), and ignored on the CPU. ``deterministic`` makes an op without a
     deterministic CUDA implementation an error, turns cuDNN autotuning off and sets
     ``CUBLAS_WORKSPACE_CONFIG`` (:mod:`medhpc.train.runtime`). A run resumes only on the
-    device type, precision and tf32 it started with.
+    device type, precision and tf32 it started with. ``feature_cache`` trains a pooled head
+    (linear, VIB) on a frozen backbone from its pooled features, computed once and shared by
+    every such run on that backbone (:mod:`medhpc.train.features`; equal to float tolerance).
     """
 
     model: ModelConfig
@@ -111,6 +113,7 @@ class TrainConfig:
     tf32: bool = nohash(False)
     device: str = nohash("auto")
     eval_batch_size: int = nohash(64)
+    feature_cache: bool = nohash(True)
     num_workers: int = nohash(0)
     out: str = nohash("runs")
 

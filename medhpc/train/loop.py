@@ -28,7 +28,7 @@ from medhpc.data.cache import CacheLoader, cache_info, prepare_batch
 from medhpc.data.errors import DataError
 from medhpc.device import resolve_device
 from medhpc.models import Classifier, build_model
-from medhpc.train import checkpoint, runtime
+from medhpc.train import checkpoint, features, runtime
 from medhpc.train.checkpoint import Progress
 from medhpc.train.config import TrainConfig
 from medhpc.train.evaluate import metrics_of, predict, write_predictions
@@ -209,6 +209,7 @@ def _train(
         out, cfg.model.arch, cfg.model.head, device, len(train_loader.dataset), len(val_loader.dataset),
         runtime.render(numerics),
     )  # fmt: skip
+    feats = features.prepare(cfg, model, device, amp, channels_last) if features.eligible(cfg) else None
     events = EpochEvents(out, first_epoch=progress_state.epoch + 1)
     try:
         while progress_state.epoch < cfg.epochs and not progress_state.stopped_early:
@@ -218,14 +219,19 @@ def _train(
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             seen = 0
+            batches = train_loader if feats is None else feats.batches("train", train_loader.batch_indices(), device)
             for batch in tqdm(
-                train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, total=len(train_loader),
                 disable=None if progress is None else not progress,
             ):  # fmt: skip
-                x = prepare_batch(batch[0], device, cfg.data.image_size, channels_last)
-                y = batch[1].to(device, non_blocking=True)
+                if feats is None:
+                    x = prepare_batch(batch[0], device, cfg.data.image_size, channels_last)
+                    y = batch[1].to(device, non_blocking=True)
+                else:
+                    x, y = batch  # the pooled features (B, C, 1, 1): the head pools them to themselves
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss = _loss(model.forward_train(x), y, weights, cfg, kl_weight)
+                    out_train = model.forward_train(x) if feats is None else features.forward_train(model, x)
+                    loss = _loss(out_train, y, weights, cfg, kl_weight)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -238,11 +244,14 @@ def _train(
                 seen += y.shape[0]
             scheduler.step()
             train_time = time.perf_counter() - started
-            val = metrics_of(
-                predict(model, val_loader, device, image_size=cfg.data.image_size, channels_last=channels_last,
-                        autocast_dtype=amp, seed=cfg.seed + epoch + 1, progress=False),
-                weights, beta,
-            )  # fmt: skip
+            if feats is None:
+                val_pred = predict(model, val_loader, device, image_size=cfg.data.image_size,
+                                   channels_last=channels_last, autocast_dtype=amp, seed=cfg.seed + epoch + 1,
+                                   progress=False)  # fmt: skip
+            else:
+                val_pred = features.predict(model, feats, "val", device, batch_size=cfg.eval_batch_size,
+                                            autocast_dtype=amp, seed=cfg.seed + epoch + 1)  # fmt: skip
+            val = metrics_of(val_pred, weights, beta)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": float(loss_sum) / max(seen, 1),

@@ -31,4 +31,4 @@ def _build(channels: int, cfg: ModelConfig) -> nn.Module:
     return LinearHead(channels, cfg.classes, cfg.dropout)
 
 
-SPEC = HeadSpec("linear", "linear", _build, base=True)
+SPEC = HeadSpec("linear", "linear", _build, base=True, pooled=True)

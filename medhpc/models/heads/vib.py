@@ -109,5 +109,5 @@ def _build(channels: int, cfg: ModelConfig) -> nn.Module:
 SPEC = HeadSpec(
     "vib", "VIB", _build, settings=VIBConfig, stochastic=True,
     samples=lambda s: s.eval_samples, kl_weight=lambda s: s.beta,
-    axis=SweepAxis(field="beta", grid="betas", symbol="β"), on_base=True,
+    axis=SweepAxis(field="beta", grid="betas", symbol="β"), on_base=True, pooled=True,
 )  # fmt: skip
