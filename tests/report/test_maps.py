@@ -156,14 +156,33 @@ def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], nn.Module]:
     return build
 
 
-@pytest.mark.parametrize(("head", "side"), [("linear", 32), ("vib", 32), ("linear", 48)])
-def test_vit_grad_cam_is_pytorch_grad_cams_recipe_on_the_patch_grid(
+VIT_CASES = [("linear", 32), ("vib", 32), ("linear", 48)]
+
+
+def _tokens_and_grads(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens at ``cam_layer`` (B, 1 + h*w, D) and the target logits' gradient on them."""
+    tokens: list[torch.Tensor] = []
+
+    def leaf(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        tokens.append(out.detach().requires_grad_(True))  # a frozen backbone has no graph here
+        return tokens[-1]
+
+    handle = model.cam_layer.register_forward_hook(leaf)  # type: ignore[union-attr]
+    try:
+        logits = model.expected_logits(x)  # type: ignore[operator]
+    finally:
+        handle.remove()
+    (grads,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), tokens[0])
+    return tokens[0].detach(), grads
+
+
+@pytest.mark.parametrize(("head", "side"), VIT_CASES)
+def test_vit_grad_cam_is_on_the_patch_grid_per_image(
     tiny_vit: Callable[[str], nn.Module], head: str, side: int
 ) -> None:
     """The map is on the h x w patch grid (4 x 4 at the native 32 px, 6 x 6 at 48 px), read at
-    the last block's first LayerNorm (pytorch-grad-cam's ``blocks[-1].norm1``); it equals
-    Grad-CAM computed by hand on tokens laid out by pytorch-grad-cam's ``reshape_transform``."""
-    reference = vit_reshape_transform()
+    the last block's first LayerNorm (pytorch-grad-cam's ``blocks[-1].norm1``), per image, the
+    VIB model's through its noise-free mu path; no attention map (that head is refused)."""
     model = tiny_vit(head)
     assert model.cam_layer is model.backbone.encoder.layers[-1].ln_1
     x = torch.rand(3, 3, side, side, generator=torch.Generator().manual_seed(1))
@@ -171,29 +190,33 @@ def test_vit_grad_cam_is_pytorch_grad_cams_recipe_on_the_patch_grid(
     grid = side // 8
     cam = M.grad_cam(model, x, target)
     assert cam.shape == (3, grid, grid) and (cam >= 0).all() and (cam.flatten(1).amax(1) > 0).all()
-
-    tokens: list[torch.Tensor] = []
-
-    def leaf(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        tokens.append(out.detach().requires_grad_(True))  # a frozen backbone has no graph here
-        return tokens[-1]
-
-    handle = model.cam_layer.register_forward_hook(leaf)
-    try:
-        logits = model.expected_logits(x)
-    finally:
-        handle.remove()
-    (grads,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), tokens[0])
-    acts = tokens[0].detach()
-    assert acts.shape == (3, 1 + grid * grid, 16)
-    # the reshape itself: the same tensor as the reference's, class token dropped
-    assert torch.equal(model.cam_map(acts, (side, side)), reference(acts, height=grid, width=grid))
-    a, g = reference(acts, height=grid, width=grid), reference(grads, height=grid, width=grid)
-    by_hand = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1))
-    torch.testing.assert_close(cam, by_hand)
+    torch.testing.assert_close(M.grad_cam(model, x, target), cam)
+    for i in range(3):
+        torch.testing.assert_close(M.grad_cam(model, x[i : i + 1], target[i : i + 1])[0], cam[i], rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
     maps = M.model_maps(model, x, target, batch_size=2)
-    assert set(maps) == {"gradcam"}  # no attention map: that head is refused on a ViT
+    assert set(maps) == {"gradcam"}
     np.testing.assert_allclose(maps["gradcam"], cam.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("head", "side"), VIT_CASES)
+def test_vit_grad_cam_equals_pytorch_grad_cams_reshape_transform(
+    tiny_vit: Callable[[str], nn.Module], head: str, side: int
+) -> None:
+    """The model's reshape (the spec's ``cam_reshape``) is pytorch-grad-cam's
+    ``vit_reshape_transform`` exactly, and the map equals Grad-CAM by hand on tokens and
+    gradients laid out by that reference."""
+    reference = vit_reshape_transform()
+    model = tiny_vit(head)
+    x = torch.rand(3, 3, side, side, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0, 1, 1])
+    grid = side // 8
+    acts, grads = _tokens_and_grads(model, x, target)
+    assert acts.shape == (3, 1 + grid * grid, 16)
+    a, g = reference(acts, height=grid, width=grid), reference(grads, height=grid, width=grid)
+    assert torch.equal(model.cam_map(acts, (side, side)), a) and torch.equal(model.cam_map(grads, (side, side)), g)
+    by_hand = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1))
+    torch.testing.assert_close(M.grad_cam(model, x, target), by_hand)
 
 
 def test_vit_last_block_output_would_give_an_empty_map(tiny_vit: Callable[[str], nn.Module]) -> None:
