@@ -1,4 +1,4 @@
-"""Backbones (ResNet50, InceptionV3) with linear, VIB and soft-attention heads.
+"""Backbones (ResNet50, InceptionV3, ViT-B/16) with linear, VIB and soft-attention heads.
 
 Every model takes images in [0, 1] and normalises inside, so attacks work in pixel space.
 Each architecture and head declares its facts in a spec (:class:`ArchSpec`,

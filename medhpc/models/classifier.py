@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from medhpc.config import ConfigError
 from medhpc.errors import MedhpcError
 from medhpc.models import weights
 from medhpc.models.config import ModelConfig
 from medhpc.models.heads import HeadOutput, VIBHead
+from medhpc.models.registry import refusal
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +52,9 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         arch = cfg.arch_spec
+        why = refusal(arch, cfg.head_spec)  # also for a config built without from_dict's checks
+        if why is not None:
+            raise ConfigError(f"model: head: {why}")
         self.backbone = arch.build(cfg.classes, arch.aux_logits and cfg.aux_logits and not cfg.freeze_backbone)
         path = weights.resolve(cfg.arch, cfg.weights)
         if path is not None:
@@ -68,10 +73,16 @@ class Classifier(nn.Module):
         # Shapes only: no device synchronisation.
         if x.dim() != 4 or x.shape[1] != 3:
             raise InputError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
-        need = self.cfg.arch_spec.min_size
+        arch = self.cfg.arch_spec
+        need = arch.min_size
         if min(x.shape[-2:]) < need:
             raise InputError(
                 f"{self.cfg.arch} needs images of at least {need}x{need} px, got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        if x.shape[-2] % arch.size_multiple or x.shape[-1] % arch.size_multiple:
+            raise InputError(
+                f"{self.cfg.arch} needs image sides that are a multiple of {arch.size_multiple} px (its patch size), "
+                f"got {x.shape[-2]}x{x.shape[-1]}: resize the images (data.image_size, the sweep's image_size)"
             )
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -116,9 +127,16 @@ class Classifier(nn.Module):
 
     @property
     def cam_layer(self) -> nn.Module:
-        """The layer Grad-CAM reads: ResNet50 ``layer4[-1]``, InceptionV3 ``Mixed_7c``."""
-        layer = getattr(self.backbone, self.cfg.arch_spec.cam_layer)
-        return layer[-1] if isinstance(layer, nn.Sequential) else layer
+        """The layer Grad-CAM reads: ResNet50 ``layer4[-1]``, InceptionV3 ``Mixed_7c``, ViT-B/16
+        the last encoder block's first LayerNorm (``encoder.layers[-1].ln_1``)."""
+        return self.cfg.arch_spec.cam_module(self.backbone)
+
+    def cam_map(self, acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The output of :attr:`cam_layer` (or its gradient) as the (B, C, h, w) map Grad-CAM
+        weighs, for an input of sides ``size``: a CNN's map as it is, a ViT's patch tokens on
+        their grid (the spec's ``cam_reshape``)."""
+        reshape = self.cfg.arch_spec.cam_reshape
+        return acts if reshape is None else reshape(acts, size)
 
 
 def build_model(cfg: ModelConfig) -> Classifier:

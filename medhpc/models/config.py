@@ -12,7 +12,7 @@ from typing import Literal
 from medhpc.config import bad
 from medhpc.models.heads.attention import AttentionConfig
 from medhpc.models.heads.vib import VIBConfig
-from medhpc.models.registry import ARCHS, HEADS, get_arch, get_head
+from medhpc.models.registry import ARCHS, HEADS, get_arch, get_head, refusal
 from medhpc.models.spec import ArchSpec, HeadSpec
 
 
@@ -50,6 +50,9 @@ class ModelConfig:
             raise bad("arch", f"must be one of {', '.join(map(repr, ARCHS))}, got {self.arch!r}")
         if self.head not in HEADS:
             raise bad("head", f"must be one of {', '.join(map(repr, HEADS))}, got {self.head!r}")
+        why = refusal(ARCHS[self.arch], HEADS[self.head])
+        if why is not None:
+            raise bad("head", why)
         if self.classes < 2:
             raise bad("classes", f"must be >= 2, got {self.classes}")
         if not 0.0 <= self.dropout < 1.0:
@@ -70,7 +73,7 @@ class ModelConfig:
 
     @property
     def input_size(self) -> int:
-        """The architecture's native input size (224 for ResNet50, 299 for InceptionV3)."""
+        """The architecture's native input size (224 for ResNet50 and ViT-B/16, 299 for InceptionV3)."""
         return self.arch_spec.input_size
 
 

@@ -7,11 +7,11 @@ plus its line below (a head with settings also gets its section on
 
 from __future__ import annotations
 
-from medhpc.models.backbones import inception_v3, resnet50
+from medhpc.models.backbones import inception_v3, resnet50, vit_b_16
 from medhpc.models.heads import attention, linear, vib
 from medhpc.models.spec import ArchSpec, HeadSpec
 
-ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (resnet50.SPEC, inception_v3.SPEC)}
+ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (resnet50.SPEC, inception_v3.SPEC, vit_b_16.SPEC)}
 #: Registration order is the order tables list a group's models in (base model first).
 HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (linear.SPEC, attention.SPEC, vib.SPEC)}
 
@@ -30,6 +30,17 @@ def get_head(name: str) -> HeadSpec:
     if spec is None:
         raise ValueError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
     return spec
+
+
+def refusal(arch: ArchSpec, head: HeadSpec) -> str | None:
+    """Why ``head`` cannot sit on ``arch`` (a spatial head on a token model), or None if it can."""
+    if head.needs_map and not arch.feature_map:
+        fits = ", ".join(repr(h.name) for h in HEADS.values() if not h.needs_map)
+        return (
+            f"the {head.title} head needs a convolutional feature map (B, C, H, W); {arch.name} has none "
+            f"(its trunk gives the class token, (B, {arch.channels}, 1, 1)): use {fits}"
+        )
+    return None
 
 
 def base_head() -> HeadSpec:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -33,9 +34,20 @@ class ArchSpec:
     channels : channels of the last feature map (what a head receives).
     min_size : the smallest input side the trunk accepts.
     input_size : the native input side (what ImageNet weights were trained at).
-    cam_layer : the trunk's module Grad-CAM reads (its last block when it is a Sequential).
+    cam_layer : the trunk's module Grad-CAM reads, a dotted path (``encoder.layers.-1.ln_1``;
+        an integer part indexes a Sequential); its last block when it is a Sequential.
     imagenet : torchvision's weights entry (URL, file name, metadata), never downloaded.
     aux_logits : whether the trunk has an auxiliary classifier used in training.
+    feature_map : whether the trunk's output is a convolutional map (B, C, H, W) that a
+        spatial head (soft attention) can read; False for a token model, whose output is its
+        class token as a (B, C, 1, 1) map (what the linear and VIB heads pool).
+    cam_reshape : ``cam_reshape(tokens, (H, W)) -> (B, C, h, w)``: how the output of
+        ``cam_layer`` becomes the map Grad-CAM weighs, given the input's side lengths (a token
+        model drops its class token and lays the patch tokens on their grid); None when that
+        output is a (B, C, h, w) map already.
+    size_multiple : input sides must be a multiple of this (a ViT's patch size), else refused.
+    classifier : state-dict prefixes of torchvision's ImageNet classifier layers, replaced by
+        medhpc's heads and so skipped when ImageNet weights load.
     """
 
     name: str
@@ -46,6 +58,22 @@ class ArchSpec:
     cam_layer: str
     imagenet: Callable[[], WeightsEnum]
     aux_logits: bool = False
+    feature_map: bool = True
+    cam_reshape: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    size_multiple: int = 1
+    classifier: tuple[str, ...] = ("fc.",)
+
+    def cam_module(self, trunk: nn.Module) -> nn.Module:
+        """The module of ``trunk`` Grad-CAM hooks: ``cam_layer`` resolved, then the last block
+        of a Sequential (ResNet50 ``layer4[-1]``, ViT ``encoder.layers[-1].ln_1``)."""
+        layer = trunk
+        for part in self.cam_layer.split("."):
+            if part.lstrip("-").isdigit():
+                assert isinstance(layer, nn.Sequential), f"{self.cam_layer}: {part} indexes a non-Sequential"
+                layer = layer[int(part)]
+            else:
+                layer = getattr(layer, part)
+        return layer[-1] if isinstance(layer, nn.Sequential) else layer
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,8 @@ class HeadSpec:
     own_map : exposes a spatial map of its own (soft attention's A), drawn beside Grad-CAM.
     pooled : sees the feature map only through its global average (linear, VIB), so a frozen
         backbone's pooled features can stand in for the map (:mod:`medhpc.train.features`).
+    needs_map : reads a convolutional feature map (refused on an architecture whose
+        ``feature_map`` is False, a ViT's class token).
     """
 
     name: str
@@ -92,6 +122,7 @@ class HeadSpec:
     on_base: bool = False
     own_map: bool = False
     pooled: bool = False
+    needs_map: bool = False
 
     def settings_of(self, cfg: ModelConfig) -> Any:
         """This head's section of ``cfg`` (None for a head without settings)."""

@@ -19,10 +19,6 @@ from medhpc.models.registry import get_arch
 
 log = logging.getLogger(__name__)
 
-# The classifier layers of the ImageNet models: replaced by medhpc's 2-class heads.
-_DROP = ("fc.", "AuxLogits.fc.")
-
-
 class WeightsError(MedhpcError):
     """Weights that are asked for but missing, unreadable or of the wrong architecture."""
 
@@ -62,7 +58,9 @@ def resolve(arch: str, weights: str) -> Path | None:
 
 
 def load_backbone(trunk: nn.Module, path: Path, arch: str) -> None:
-    """Load a torchvision-format state dict into a trunk; its classifier layers are skipped."""
+    """Load a torchvision-format state dict into a trunk; its classifier layers (the spec's
+    ``classifier`` prefixes: ``fc.``, ViT's ``heads.``) are skipped."""
+    drop = get_arch(arch).classifier
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
@@ -71,9 +69,9 @@ def load_backbone(trunk: nn.Module, path: Path, arch: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k: v for k, v in state.items() if not k.startswith(_DROP)}
+    state = {k: v for k, v in state.items() if not k.startswith(drop)}
     own = trunk.state_dict()
-    own_keys = {k for k in own if not k.startswith(_DROP)}
+    own_keys = {k for k in own if not k.startswith(drop)}
     missing = sorted(own_keys - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

@@ -2,7 +2,10 @@
 against lesion masks and against each other.
 
 Grad-CAM (reference-facts §6): α_k = spatial mean of ∂y_c/∂A_k at the model's ``cam_layer``
-(ResNet50 ``layer4[-1]``, InceptionV3 ``Mixed_7c``), map = ReLU(Σ_k α_k A_k). Each image has
+(ResNet50 ``layer4[-1]``, InceptionV3 ``Mixed_7c``), map = ReLU(Σ_k α_k A_k). A token model
+(ViT-B/16) is read at its last encoder block's patch tokens, which the model's ``cam_map``
+lays on their (h, w) grid, class token dropped (pytorch-grad-cam's ``reshape_transform``),
+before the same formula. Each image has
 its own target c (a common library silently explains only the first image when given one
 target for a batch; :func:`grad_cam` takes a target per image and is tested for it). VIB
 models are explained through their noise-free μ path (:meth:`Classifier.expected_logits`), so
@@ -35,6 +38,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.T
     The layer's output is re-rooted as a leaf, so frozen backbones (no parameter gradients)
     work too and no parameter gradient is computed. Images are independent in eval mode
     (BatchNorm uses its running statistics), so a batch gives the maps of single images.
+    A model with a ``cam_map`` (the classifier) turns the layer's output and its gradient
+    into (B, C, h, w) maps first (a ViT's tokens onto their patch grid).
     """
     if target.shape != (x.shape[0],):
         raise ValueError(f"need one target per image: {x.shape[0]} images, target shape {tuple(target.shape)}")
@@ -54,6 +59,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.T
             (grads,) = torch.autograd.grad(chosen, acts)
     finally:
         handle.remove()
+    to_map = getattr(model, "cam_map", None)
+    if callable(to_map):
+        size = (x.shape[-2], x.shape[-1])
+        acts, grads = to_map(acts, size), to_map(grads, size)
     alpha = grads.float().mean(dim=(2, 3), keepdim=True)
     return F.relu((alpha * acts.detach().float()).sum(1))
 

@@ -279,7 +279,7 @@ def test_vib_initialisation_is_xavier_with_zero_bias() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"arch": "resnet18"}, r"arch: must be one of 'resnet50', 'inception_v3'"),
+        ({"arch": "resnet18"}, r"arch: must be one of 'resnet50', 'inception_v3', 'vit_b_16', got 'resnet18'"),
         ({"arch": "resnet50", "hed": "vib"}, r"hed: unknown key \(did you mean 'head'\?\)"),
         ({"arch": "resnet50", "head": "vib", "vib": {"beta": -1}}, r"vib\.beta: must be >= 0"),
         ({"arch": "resnet50", "head": "vib", "vib": {"eval_samples": 0}}, r"vib\.eval_samples"),

@@ -11,7 +11,8 @@ from torch import nn
 
 from medhpc.config import ConfigError, config_hash, from_dict
 from medhpc.models import ModelConfig, build_model, is_stochastic, registry
-from medhpc.models.heads import HeadOutput
+from medhpc.models.classifier import IMAGENET_MEAN, IMAGENET_STD
+from medhpc.models.heads import HeadOutput, SoftAttentionHead
 from medhpc.models.spec import HeadSpec
 
 
@@ -20,13 +21,20 @@ def test_arch_specs_are_true_of_their_trunks(name: str) -> None:
     spec = registry.get_arch(name)
     torch.manual_seed(0)
     trunk = spec.build(2, spec.aux_logits).eval()
+    side = 2 * spec.min_size  # a CNN's map is more than 1 x 1 there
     with torch.no_grad():
-        fmap, aux = trunk(torch.rand(1, 3, spec.min_size, spec.min_size))
+        fmap, aux = trunk(torch.rand(1, 3, side, side))
     assert fmap.shape[1] == spec.channels and aux is None  # no auxiliary logits in eval mode
-    assert hasattr(trunk, spec.cam_layer)
+    # a token model's "map" is its class token, (B, C, 1, 1); a CNN's keeps its spatial grid
+    assert (fmap.shape[-2:] == (1, 1)) == (not spec.feature_map)
+    assert isinstance(spec.cam_module(trunk), nn.Module)
+    assert (spec.cam_reshape is None) == spec.feature_map
+    assert spec.min_size % spec.size_multiple == 0 and spec.input_size % spec.size_multiple == 0
     assert hasattr(trunk, "AuxLogits") == spec.aux_logits
     weights = spec.imagenet()
     assert weights.url.endswith(".pth") and spec.input_size in weights.transforms().crop_size
+    # the classifier's normalisation is the one the ImageNet weights were trained with
+    assert tuple(weights.transforms().mean) == IMAGENET_MEAN and tuple(weights.transforms().std) == IMAGENET_STD
     model = build_model(ModelConfig(arch=name))
     assert model.cfg.input_size == spec.input_size
     with pytest.raises(Exception, match=f"at least {spec.min_size}x{spec.min_size}"):
@@ -48,6 +56,7 @@ def test_head_specs_are_true_of_their_heads(name: str) -> None:
         swept = replace(cfg, **{name: replace(settings, **{spec.axis.field: 0.5})})
         assert spec.axis_value(swept) == 0.5 and config_hash(swept) != config_hash(cfg)
     assert spec.own_map == callable(getattr(model.head, "attention", None))
+    assert spec.needs_map == isinstance(model.head, SoftAttentionHead)  # refused on a ViT (tests/models/test_vit.py)
     assert [h.name for h in registry.HEADS.values() if h.base] == [registry.base_head().name]
 
 
@@ -73,7 +82,7 @@ def test_a_new_head_is_its_module_and_one_registration(monkeypatch: pytest.Monke
 
 
 def test_unknown_names_list_the_registered_ones() -> None:
-    with pytest.raises(ValueError, match="unknown architecture 'vgg16'; known: resnet50, inception_v3"):
+    with pytest.raises(ValueError, match="unknown architecture 'vgg16'; known: resnet50, inception_v3, vit_b_16$"):
         registry.get_arch("vgg16")
     with pytest.raises(ValueError, match="unknown head 'mlp'; known: linear, attention, vib"):
         registry.get_head("mlp")

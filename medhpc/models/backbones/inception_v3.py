@@ -67,4 +67,5 @@ SPEC = ArchSpec(
     cam_layer="Mixed_7c",
     imagenet=lambda: torchvision.models.Inception_V3_Weights.DEFAULT,
     aux_logits=True,
+    classifier=("fc.", "AuxLogits.fc."),
 )

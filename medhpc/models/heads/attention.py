@@ -80,4 +80,4 @@ def _build(channels: int, cfg: ModelConfig) -> nn.Module:
     return SoftAttentionHead(channels, cfg.classes, cfg.attention)
 
 
-SPEC = HeadSpec("attention", "attention", _build, settings=AttentionConfig, own_map=True)
+SPEC = HeadSpec("attention", "attention", _build, settings=AttentionConfig, own_map=True, needs_map=True)
