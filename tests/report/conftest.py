@@ -187,44 +187,66 @@ def _probs(pred: np.ndarray, conf: tuple[float, ...]) -> np.ndarray:
     return np.where(pred[:, None] == 1, np.stack([1 - c, c], -1), np.stack([c, 1 - c], -1)).astype(np.float32)
 
 
-def _adaptive_fields(kind: str) -> dict[str, Any]:
+def _draws(probs: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Two softmax draws (2, N, 2) around ``probs`` (their mean), apart by ``spread`` of the
+    room the smaller probability leaves."""
+    d = spread * probs.min(-1)
+    up = np.stack([probs[:, 0] - d, probs[:, 1] + d], -1)
+    down = np.stack([probs[:, 0] + d, probs[:, 1] - d], -1)
+    return np.stack([up, down]).astype(np.float32)
+
+
+def _adaptive_fields(kind: str, draws: bool = False) -> dict[str, Any]:
+    """A set's fields; with ``draws``, two softmax draws per image around its probabilities
+    (the clean images' spread growing with the index, the adversarial ones' shrinking)."""
     labels = ADAPTIVE_LABELS
     clean_pred = labels.copy()
     clean_pred[list(CLEAN_WRONG)] = 1 - labels[list(CLEAN_WRONG)]
     adv_pred = labels.copy()
     adv_pred[list(ADV_WRONG)] = 1 - labels[list(ADV_WRONG)]
     n = ADAPTIVE_N
-    return {"x_adv": np.zeros((n, 3, 4, 4), np.float32), "index": np.arange(n), "ids": [f"img-{i}" for i in range(n)],
-            "labels": labels, "attack_labels": labels, "clean_pred": clean_pred, "adv_pred": adv_pred,
-            "clean_probs": _probs(clean_pred, CLEAN_CONF), "adv_probs": _probs(adv_pred, ADV_CONF[kind]),
-            "l2": np.full(n, 0.1, np.float32), "linf": np.full(n, 0.03, np.float32),
-            "success": adv_pred != clean_pred}  # fmt: skip
+    f: dict[str, Any] = {
+        "x_adv": np.zeros((n, 3, 4, 4), np.float32), "index": np.arange(n), "ids": [f"img-{i}" for i in range(n)],
+        "labels": labels, "attack_labels": labels, "clean_pred": clean_pred, "adv_pred": adv_pred,
+        "clean_probs": _probs(clean_pred, CLEAN_CONF), "adv_probs": _probs(adv_pred, ADV_CONF[kind]),
+        "l2": np.full(n, 0.1, np.float32), "linf": np.full(n, 0.03, np.float32), "success": adv_pred != clean_pred,
+    }  # fmt: skip
+    if draws:
+        spread = np.linspace(0.05, 0.95, n)
+        f["clean_sample_probs"] = _draws(f["clean_probs"], spread)
+        f["adv_sample_probs"] = _draws(f["adv_probs"], spread[::-1] if kind == "adaptive" else spread)
+    return f
 
 
 def write_adaptive_sets(
-    root: Path, name: str, *, counterpart: bool = True, detectors: list[dict[str, Any] | None] | None = None
-) -> list[str]:
-    """The adaptive set (two shards of five images, each recording ``detectors[i]``, by default
-    :data:`DETECTOR`) and, with ``counterpart``, the set of ``ADAPTIVE.non_adaptive()``, as real
-    checksummed HDF5 shards under ``root/shards/name``; their folders."""
+    root: Path, name: str, *, counterpart: bool = True, detectors: list[dict[str, Any] | None] | None = None,
+    score: str = "predictive_entropy", draws: bool = False,
+) -> list[str]:  # fmt: skip
+    """The adaptive set (``ADAPTIVE`` against ``score``; two shards of five images, each
+    recording ``detectors[i]``, by default :data:`DETECTOR`) and, with ``counterpart``, the set
+    of its ``non_adaptive()`` config, as real checksummed HDF5 shards under
+    ``root/shards/name``; with ``draws``, two draws per image (a stochastic model); their folders."""
+    from dataclasses import replace
+
     from medhpc.store import ShardMeta, write_shard
 
-    plain = ADAPTIVE.non_adaptive()
+    attack = replace(ADAPTIVE, score=score)
+    plain = attack.non_adaptive()
     assert plain is not None
     dets = detectors if detectors is not None else [DETECTOR, DETECTOR]
     folders = []
-    for kind, cfg in (("adaptive", ADAPTIVE), ("pgd", plain)):
+    for kind, cfg in (("adaptive", attack), ("pgd", plain)):
         if kind == "pgd" and not counterpart:
             continue
         folder = root / "shards" / name / cfg.name
         folder.mkdir(parents=True)
-        f = _adaptive_fields(kind)
+        f = _adaptive_fields(kind, draws)
         for k, (a, b) in enumerate(((0, 5), (5, 10))):
-            part = {key: v[a:b] for key, v in f.items()}
+            part = {key: v[:, a:b] if key.endswith("sample_probs") else v[a:b] for key, v in f.items()}
             det = dets[k] if kind == "adaptive" else None
             meta = ShardMeta(attack=cfg, split="test", start=a, model_hash=f"model-{name}",
                              run=str(root / "runs" / name), dataset="aptos", set_size=ADAPTIVE_N,
-                             meta=None if det is None else {"detector": det})  # fmt: skip
+                             samples=2 if draws else 0, meta=None if det is None else {"detector": det})  # fmt: skip
             write_shard(folder / f"{a:06d}-{b:06d}.h5", part, meta)
         folders.append(str(folder))
     return folders
@@ -260,8 +282,9 @@ def write_adaptive() -> Any:
 @pytest.fixture
 def adaptive_case() -> Any:
     """The adaptive fixture's facts (``DETECTOR``, ``CLEAN_CONF``, ``CLEAN_WRONG``,
-    ``ADV_WRONG``, ``ADV_CONF``), for hand computations."""
+    ``ADV_WRONG``, ``ADV_CONF``) and its sets' fields (``fields(kind, draws)``), for hand
+    computations."""
     from types import SimpleNamespace
 
     return SimpleNamespace(DETECTOR=DETECTOR, CLEAN_CONF=CLEAN_CONF, CLEAN_WRONG=CLEAN_WRONG, ADV_WRONG=ADV_WRONG,
-                           ADV_CONF=ADV_CONF)  # fmt: skip
+                           ADV_CONF=ADV_CONF, fields=_adaptive_fields)  # fmt: skip

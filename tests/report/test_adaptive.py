@@ -91,6 +91,45 @@ def test_the_adaptive_block_matches_a_hand_computation(stored, add_adaptive, ada
         assert [block["selective_risk"][c]["k"] for c in ("0.8", "0.9")] == [6, 7]
 
 
+def test_a_stochastic_model_is_scored_from_its_draws_as_the_detector_was_fitted(  # type: ignore[no-untyped-def]
+    tmp_path: Path, write_adaptive, adaptive_case
+) -> None:
+    case = adaptive_case
+
+    def mi(p: np.ndarray) -> np.ndarray:
+        """Mutual information of draws (S, N, C) by its textbook formula, in float64."""
+        q = p.astype(np.float64)
+
+        def h(x: np.ndarray) -> np.ndarray:
+            return -(x * np.log(x)).sum(-1)
+
+        return h(q.mean(0)) - h(q).mean(0)
+
+    clean_mi = mi(case.fields("adaptive", True)["clean_sample_probs"])
+    top = np.sort(clean_mi)[::-1]
+    tau = float((top[2] + top[3]) / 2)  # the three most uncertain clean images are rejected
+    det = {**case.DETECTOR, "score": "mutual_information", "threshold": tau, "samples": 2}
+    folders = write_adaptive(tmp_path, "vib", detectors=[det, det], score="mutual_information", draws=True)
+    rows = attack_rows(tuple(folders), ReportSettings())
+    assert rows[0]["name"] == "adaptive-linf-eps0.03-s4-mi"
+    b = rows[0]["adaptive"]
+    assert b["score"] == "mutual_information" and b["non_adaptive"]["name"] == "pgd-linf-eps0.03-s4"
+    rej_clean = clean_mi > tau
+    ok_clean = np.ones(10, bool)
+    ok_clean[list(case.CLEAN_WRONG)] = False
+    _check(b["clean"]["fpr"], 3, 10)
+    _check(b["clean"]["selective_accuracy"], int((ok_clean & ~rej_clean).sum()), 7)
+    ok_adv = np.ones(10, bool)
+    ok_adv[list(case.ADV_WRONG)] = False
+    success = ok_clean & ~ok_adv
+    for kind, block in (("pgd", b["non_adaptive"]), ("adaptive", b["adaptive"])):
+        adv_mi = mi(case.fields(kind, True)["adv_sample_probs"])
+        rej = adv_mi > tau
+        _check(block["tpr_at_threshold"], int((rej & success).sum()), 6)
+        _check(block["system_accuracy"], int((ok_adv | rej).sum()), 10)
+        assert block["detection_auroc"]["value"] == pytest.approx(_pairwise_auc(clean_mi, adv_mi[success]))
+
+
 def test_the_table_sets_both_attackers_side_by_side_and_a_missing_counterpart_is_a_dash(  # type: ignore[no-untyped-def]
     stored, add_adaptive
 ) -> None:
