@@ -5,6 +5,8 @@ and abstention, Grad-CAM and attention maps.
   selective prediction (numpy);
 * :mod:`medhpc.report.maps` — Grad-CAM (one target per image), attention maps, their scores
   against lesion masks and their clean-to-adversarial shift (torch);
+* :mod:`medhpc.report.adaptive` — an attack on an uncertainty detector against the detector
+  it attacked, beside its non-adaptive counterpart (numpy);
 * :mod:`medhpc.report.analyse` — one model's evaluation from its shards (the sweep's
   ``evaluate`` job);
 * :mod:`medhpc.report.table`, :mod:`medhpc.report.tables` — tables as Markdown, CSV, LaTeX;

@@ -1,5 +1,7 @@
 """One model's evaluation from its stored attack shards: the robustness table, uncertainty
-(detection and abstention) per attack, and Grad-CAM / attention maps clean and under attack.
+(detection and abstention) per attack, each attack on an uncertainty detector against the
+detector it attacked beside its non-adaptive counterpart (:mod:`medhpc.report.adaptive`), and
+Grad-CAM / attention maps clean and under attack.
 
 This is the sweep's ``evaluate`` job. It reads the shards (verified), the prepared cache (the
 clean images and lesion masks) and the trained model (only for the maps), and writes
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,8 +27,9 @@ from medhpc.report.uncertainty import attack_uncertainty
 log = logging.getLogger(__name__)
 
 #: Version of the evaluation JSON; an older file is not a finished evaluation (3: the maps file
-#: also holds the gallery's adversarial thumbnails, perturbations and confidences).
-EVAL_FORMAT = 3
+#: also holds the gallery's adversarial thumbnails, perturbations and confidences; 4: a row of
+#: an attack on an uncertainty detector holds its ``adaptive`` block).
+EVAL_FORMAT = 4
 #: Figures draw images at most this large (the maps stay at their layer's resolution).
 THUMBNAIL = 128
 
@@ -50,13 +54,15 @@ def _totals(f: dict[str, np.ndarray]) -> dict[str, float]:
 
 def attack_rows(shard_sets: tuple[str, ...], settings: ReportSettings) -> list[dict[str, Any]]:
     """One row per shard set, as :func:`medhpc.attacks.evaluate_robustness` builds its rows,
-    with the attack's uncertainty results under ``uncertainty``."""
+    with the attack's uncertainty results under ``uncertainty`` and, for an attack on an
+    uncertainty detector, the detector against it and its non-adaptive counterpart under
+    ``adaptive`` (:func:`adaptive_rows`)."""
     from medhpc.attacks.config import AttackConfig
     from medhpc.attacks.robustness import attack_row, member_breaks
     from medhpc.config import from_dict
     from medhpc.store import ShardReader
 
-    rows = []
+    rows, sets = [], []
     for folder in shard_sets:
         reader = ShardReader(folder, verify=True, strict=True)
         stochastic = int(reader.attrs.get("samples", 0) or 0) > 0
@@ -70,7 +76,54 @@ def attack_rows(shard_sets: tuple[str, ...], settings: ReportSettings) -> list[d
             f, fpr=settings.fpr, coverages=settings.coverages, detect=attack.spec.perturbs
         )
         rows.append(row)
+        sets.append(_Set(folder, attack, reader, f))
+    adaptive_rows(rows, sets, settings)
     return rows
+
+
+@dataclass
+class _Set:
+    """One shard set as :func:`attack_rows` read it."""
+
+    folder: str
+    attack: Any  # AttackConfig
+    reader: Any  # ShardReader
+    fields: dict[str, np.ndarray]
+
+    def same_model(self, other: _Set) -> bool:
+        a, b = self.reader.attrs, other.reader.attrs
+        return bool(a["model_hash"] == b["model_hash"] and a["split"] == b["split"])
+
+
+def adaptive_rows(rows: list[dict[str, Any]], sets: list[_Set], settings: ReportSettings) -> None:
+    """Give each row of an attack on an uncertainty detector (spec ``calibrated``) its
+    ``adaptive`` block (:func:`medhpc.report.adaptive.adaptive_block`): the detector every
+    shard of its set records, measured on the set and on the set of the same model (and split)
+    whose attack is the config's :meth:`~medhpc.attacks.AttackConfig.non_adaptive` counterpart
+    (compared by config hash; ``non_adaptive`` None where there is none)."""
+    from medhpc.config import config_hash
+    from medhpc.report.adaptive import adaptive_block, check_samples, set_detector
+
+    for row, s in zip(rows, sets, strict=True):
+        if not s.attack.spec.calibrated:
+            continue
+        det = set_detector(s.reader.shards, s.folder)
+        check_samples(det, int(s.reader.attrs.get("samples", 0) or 0), s.folder)
+        plain = s.attack.non_adaptive()
+        want = None if plain is None else config_hash(plain)
+        match = next((o for o, r in zip(sets, rows, strict=True) if r["hash"] == want and o.same_model(s)), None)
+        counterpart = None
+        if match is not None:
+            check_samples(det, int(match.reader.attrs.get("samples", 0) or 0), match.folder)
+            same = bool(np.array_equal(match.reader.index, s.reader.index))
+            if not same:
+                log.warning("%s: its non-adaptive counterpart %s holds other images", s.folder, match.folder)
+            counterpart = (match.attack.name, match.folder, match.fields, same)
+        else:
+            log.warning("%s: no shard set of its non-adaptive counterpart %s among %d sets", s.folder,
+                        None if plain is None else plain.name, len(sets))  # fmt: skip
+        row["adaptive"] = adaptive_block(det, s.fields, settings.coverages, counterpart,
+                                         None if plain is None else plain.name)  # fmt: skip
 
 
 def _clean_images(

@@ -8,7 +8,8 @@ Layout, beside the results (``OUT/report/``)::
                                   adversarial gallery, links to every file behind a number
     index.md                      every table inline and every figure, for reading on a forge
     tables/KEY.{md,csv,tex,json}  each table four ways
-    figures/*.png                 accuracy vs β, accuracy vs ε, risk–coverage, detection ROC, maps
+    figures/*.png                 accuracy vs β, accuracy vs ε, worst case, adaptive attacks,
+                                  risk–coverage, detection ROC, maps
     gallery/MODEL/*.png           the gallery's tiles (clean, adversarial, perturbation, maps)
     summary.md                    accuracy under attack per model (the short table)
     summary.json             the numbers behind the short table; written last (the report's
@@ -64,6 +65,12 @@ def _figures(results: list[ModelResult], figdir: Path) -> list[tuple[str, str, P
             p = plots.worst_case_gap(models, f"As the paper measured vs the worst case: {dataset}",
                                      figdir / f"{_slug('worst-case', dataset)}.png")  # fmt: skip
             out.append(("As the paper measured vs the worst case", dataset, p))
+    for dataset in dict.fromkeys(m.dataset for m in results):
+        models = [m for m in results if m.dataset == dataset]
+        if any(tables.adaptive_pairs(m) for m in models):
+            p = plots.adaptive_detection(models, f"Uncertainty detection against an adaptive attacker: {dataset}",
+                                         figdir / f"{_slug('adaptive', dataset)}.png")  # fmt: skip
+            out.append(("Uncertainty detection against an adaptive attacker", dataset, p))
     for m in results:
         out.append(
             ("Risk–coverage", f"{m.dataset}: {m.label}", plots.risk_coverage(m, figdir / f"risk-coverage-{m.name}.png"))

@@ -5,7 +5,10 @@
 * risk–coverage curves per model (adversarial and mixed sets, ranked by predictive entropy);
 * detection ROC curves per model and uncertainty measure;
 * Grad-CAM and attention maps per model: images with their lesion outline, the clean map and
-  the map under each attack.
+  the map under each attack;
+* the worst case beside the strongest single attack, per model;
+* uncertainty detection against a non-adaptive and an adaptive attacker: per model and
+  detector, system robust accuracy and detection AUROC under each.
 
 Every figure function takes stored results and a path, and returns the path it wrote.
 """
@@ -22,7 +25,8 @@ import numpy as np
 from medhpc import atomic
 from medhpc.attacks.registry import get_attack
 from medhpc.report.results import ModelResult, attack_names
-from medhpc.report.tables import attack_cell, worst_case_pairs
+from medhpc.report.table import Cell
+from medhpc.report.tables import adaptive_pairs, attack_cell, auroc_cell, share_cell, worst_case_pairs
 from medhpc.report.uncertainty import LABELS, MEASURES
 
 DPI = 110
@@ -251,4 +255,48 @@ def worst_case_gap(models: list[ModelResult], title: str, path: Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _cellbar(ax: Any, x: list[float], cells: Sequence[Cell], **kw: Any) -> None:
+    """Points with their interval bars; missing cells left out."""
+    pts = [(xi, c) for xi, c in zip(x, cells, strict=True) if c.value is not None]
+    if not pts:
+        return
+    ys = np.array([c.value for _, c in pts], dtype=float)
+    lo = np.array([c.value if c.lo is None else c.lo for _, c in pts], dtype=float)
+    hi = np.array([c.value if c.hi is None else c.hi for _, c in pts], dtype=float)
+    ax.errorbar([p[0] for p in pts], ys, yerr=[ys - lo, hi - ys], capsize=3, marker="o", ms=4, ls="none", **kw)
+
+
+def adaptive_detection(models: list[ModelResult], title: str, path: Path) -> Path:
+    """Per model and attack on a detector: system robust accuracy (left) and detection AUROC
+    (right) under the non-adaptive attack beside the adaptive one, with their intervals and a
+    line between them; a missing non-adaptive counterpart draws the adaptive point alone."""
+    plt = _plt()
+    pairs = [(m, r) for m in models for r in adaptive_pairs(m)]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.0 * len(pairs) + 3), 4.4), layout="constrained")
+    xs = list(range(len(pairs)))
+    panels = (("system_accuracy", share_cell, "system robust accuracy\n(correct or rejected under attack)"),
+              ("detection_auroc", auroc_cell, "detection AUROC\n(clean vs successful adversarial)"))  # fmt: skip
+    for ax, (key, cell, label) in zip(axes, panels, strict=True):
+        before = [cell((r["adaptive"].get("non_adaptive") or {}).get(key)) for _, r in pairs]
+        after = [cell(r["adaptive"]["adaptive"][key]) for _, r in pairs]
+        for x, a, b in zip(xs, before, after, strict=True):
+            if a.value is not None and b.value is not None:
+                ax.plot([x - 0.12, x + 0.12], [a.value, b.value], color="0.6", lw=1)
+            elif a.value is None:
+                ax.text(x - 0.12, 0.03, "no non-adaptive set", rotation=90, ha="center", va="bottom", fontsize=6,
+                        color="C0")  # fmt: skip
+        _cellbar(ax, [x - 0.12 for x in xs], before, color="C0", label="non-adaptive (PGD)")
+        _cellbar(ax, [x + 0.12 for x in xs], after, color="C3", label="adaptive")
+        if key == "detection_auroc":
+            ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+        ax.set_xticks(xs, [f"{m.label}\n{r['name']}" for m, r in pairs], fontsize=7, rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(pairs) - 0.4)
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

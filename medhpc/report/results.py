@@ -15,14 +15,12 @@ from typing import Any
 import yaml
 
 from medhpc.config import ConfigError, from_dict
-from medhpc.errors import MedhpcError
 from medhpc.models.config import ModelConfig
 from medhpc.models.registry import HEADS, get_head
 from medhpc.models.spec import HeadSpec
+from medhpc.report.errors import ReportError
 
-
-class ReportError(MedhpcError):
-    """A stored result the report needs is missing or not what it should be."""
+__all__ = ["ModelResult", "ReportError", "attack_names", "load_result", "load_results"]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@
   the paper sweep: "as the paper measured") beside the per-image worst case, with the gap in
   percentage points, flagged where it exceeds the worst case's interval.
 * Uncertainty: detection AUROC and TPR at the FPR operating point; selective prediction.
+* Adaptive: per model and detector score, the detector (thresholded on clean validation
+  images) against the non-adaptive attack (PGD) and the adaptive one that also evades it:
+  detection AUROC, TPR at the threshold, system robust accuracy (correct or rejected) and the
+  selective risk under the adaptive attack, flagged where the non-adaptive attack overstates
+  the system's robustness.
 * Maps: pointing game and top-cell IoU, clean and adversarial, and the clean-to-adversarial
   shift.
 
@@ -20,6 +25,7 @@ interval the Wilson interval of ``round(accuracy × n)`` correct out of ``n``.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -196,6 +202,73 @@ def worst_case(results: list[ModelResult]) -> Table | None:
     return t if t.rows else None
 
 
+def adaptive_pairs(m: ModelResult) -> list[dict[str, Any]]:
+    """A model's rows of attacks on an uncertainty detector that carry their ``adaptive``
+    block (:mod:`medhpc.report.adaptive`), in stored order."""
+    return [r for r in m.attacks if r.get("adaptive")]
+
+
+def share_cell(p: dict[str, Any] | None) -> Cell:
+    """A stored proportion (``{"k", "n", "value", "interval"}``) with its Wilson interval."""
+    if not p or p.get("value") is None:
+        return Cell(None)
+    lo, hi = p["interval"] or (None, None)
+    return Cell(p["value"], lo, hi)
+
+
+def auroc_cell(a: dict[str, Any] | None) -> Cell:
+    """A stored AUROC (``{"value", "interval", ...}``) with its Hanley–McNeil interval."""
+    if not a or a.get("value") is None:
+        return Cell(None)
+    lo, hi = a["interval"] or (None, None)
+    return Cell(a["value"], lo, hi)
+
+
+def _digits(v: float) -> int:
+    """Digits after the point that show a threshold's first three significant ones."""
+    return 3 if v == 0 or abs(v) >= 0.1 else min(8, 2 - math.floor(math.log10(abs(v))))
+
+
+def adaptive(results: list[ModelResult], coverages: tuple[float, ...]) -> Table | None:
+    """Per model and attack on a detector: the detector against the non-adaptive attack and
+    the adaptive one; – where the model has no non-adaptive counterpart."""
+    cols = ["dataset", "model", "score", "attack", "threshold τ", "val FPR", "clean accuracy", "coverage",
+            "AUROC non-adaptive", "AUROC adaptive", "TPR@τ non-adaptive", "TPR@τ adaptive",
+            "system robust accuracy non-adaptive", "system robust accuracy adaptive",
+            *(f"selective risk@{c:.0%} adaptive" for c in coverages)]  # fmt: skip
+    t = Table("adaptive", "Uncertainty detection against a non-adaptive and an adaptive attacker", cols,
+              note="The detector rejects (abstains on) an image whose score is above τ, fitted on clean validation "
+                   "images (val FPR: the share it rejects there). Clean accuracy and coverage (share not "
+                   "rejected): clean test images. Non-adaptive: the attack that ignores the detector (PGD at the "
+                   "same settings); adaptive: the attack that also pushes the score under the threshold. AUROC: "
+                   "clean test images against the adversarial images the attack succeeded on; TPR@τ: the share of "
+                   "those rejected at τ. System robust accuracy: the share of test images classified correctly or "
+                   "rejected under attack. Selective risk@c: error rate among the fraction c of adversarial images "
+                   "with the lowest score. 95 % intervals: Wilson for proportions, Hanley–McNeil for AUROC. "
+                   "– : no non-adaptive counterpart stored for that model. Flagged: the non-adaptive attack's "
+                   "system robust accuracy lies above the adaptive one's interval.")  # fmt: skip
+    system = cols.index("system robust accuracy adaptive")
+    for m in results:
+        for row in adaptive_pairs(m):
+            b = row["adaptive"]
+            plain, adapt = b.get("non_adaptive") or {}, b["adaptive"]
+            val, clean = b["val"], b["clean"]
+            tau = float(val["threshold"])
+            risks = [share_cell(adapt["selective_risk"].get(f"{c:g}")) for c in coverages]
+            t.add([m.dataset, m.label, LABELS.get(b["score"], b["score"]), row["name"], Cell(tau, digits=_digits(tau)),
+                   share_cell(val["fpr"]), share_cell(clean["accuracy"]), share_cell(clean["coverage"]),
+                   auroc_cell(plain.get("detection_auroc")), auroc_cell(adapt["detection_auroc"]),
+                   share_cell(plain.get("tpr_at_threshold")), share_cell(adapt["tpr_at_threshold"]),
+                   share_cell(plain.get("system_accuracy")), share_cell(adapt["system_accuracy"]), *risks])  # fmt: skip
+            before, after = share_cell(plain.get("system_accuracy")), share_cell(adapt["system_accuracy"])
+            if before.value is not None and after.hi is not None and before.value > after.hi:
+                t.flag(len(t.rows) - 1, system,
+                       f"the non-adaptive attack overstates the system's robustness: {before.value:.3f} under "
+                       f"{plain['name']} lies above the adaptive attack's interval "
+                       f"[{after.lo:.3f}, {after.hi:.3f}]")  # fmt: skip
+    return t if t.rows else None
+
+
 def detection(results: list[ModelResult], fpr: float) -> Table:
     t = Table("detection", "Detecting adversarial images by uncertainty",
               ["dataset", "model", "attack", "measure", "AUROC (all)", "AUROC (successful)",
@@ -279,8 +352,8 @@ def maps(results: list[ModelResult]) -> Table | None:
 def all_tables(results: list[ModelResult], fpr: float, coverages: tuple[float, ...]) -> list[Table]:
     """Every table of the report, in the order of the index page."""
     out = [appendix_a(results), *appendix_b(results), *appendix_c(results)]
-    extras = (worst_case(results), wasserman(results), detection(results, fpr), selective(results, coverages),
-              maps(results))  # fmt: skip
+    extras = (worst_case(results), wasserman(results), adaptive(results, coverages), detection(results, fpr),
+              selective(results, coverages), maps(results))  # fmt: skip
     for extra in extras:
         if extra is not None and extra.rows:
             out.append(extra)

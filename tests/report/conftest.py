@@ -158,3 +158,133 @@ def stored(tmp_path: Path) -> Fixture:
 def write_stored() -> Any:
     """:func:`write_fixture` itself, for tests that change the stored sweep before reporting."""
     return write_fixture
+
+
+# -- an attack on an uncertainty detector beside its non-adaptive counterpart ------------------
+
+#: The adaptive attack the fixture stores (ε 0.03, so its PGD counterpart is not the fixture's
+#: own PGD row) and the detector it attacked: predictive entropy above τ = 0.5 nats rejects,
+#: i.e. a two-class softmax whose top probability is under ≈ 0.8 (h(0.8) = 0.5004).
+ADAPTIVE = AttackConfig("adaptive", eps=0.03, norm="linf", steps=4, step_size=0.01, score="predictive_entropy")
+DETECTOR = {"score": "predictive_entropy", "fpr": 0.05, "threshold": 0.5, "target": 0.2, "target_quantile": 0.5,
+            "n": 40, "rejected": 2, "samples": 0, "split": "val", "seed": 0}  # fmt: skip
+ADAPTIVE_N = 10
+ADAPTIVE_LABELS = np.array([0, 1] * 5)
+#: Clean test images: the model is wrong on 3 and 9; the top probability of each image (all
+#: distinct, none near 0.8), so 7, 8 and 9 are rejected.
+CLEAN_WRONG = (3, 9)
+CLEAN_CONF = (0.97, 0.93, 0.96, 0.91, 0.86, 0.95, 0.92, 0.62, 0.72, 0.56)
+#: Per attack: the images it leaves misclassified (the clean mistakes stay) and each adversarial
+#: image's top probability. PGD's successes are uncertain (rejected but 5), the adaptive ones
+#: confident (rejected: 4 and 9).
+ADV_WRONG = (0, 1, 2, 3, 4, 5, 6, 9)
+ADV_CONF = {"pgd": (0.61, 0.57, 0.71, 0.90, 0.66, 0.87, 0.63, 0.94, 0.89, 0.58),
+            "adaptive": (0.98, 0.885, 0.875, 0.895, 0.64, 0.99, 0.905, 0.945, 0.915, 0.59)}  # fmt: skip
+
+
+def _probs(pred: np.ndarray, conf: tuple[float, ...]) -> np.ndarray:
+    c = np.asarray(conf)
+    return np.where(pred[:, None] == 1, np.stack([1 - c, c], -1), np.stack([c, 1 - c], -1)).astype(np.float32)
+
+
+def _draws(probs: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Two softmax draws (2, N, 2) around ``probs`` (their mean), apart by ``spread`` of the
+    room the smaller probability leaves."""
+    d = spread * probs.min(-1)
+    up = np.stack([probs[:, 0] - d, probs[:, 1] + d], -1)
+    down = np.stack([probs[:, 0] + d, probs[:, 1] - d], -1)
+    return np.stack([up, down]).astype(np.float32)
+
+
+def _adaptive_fields(kind: str, draws: bool = False) -> dict[str, Any]:
+    """A set's fields; with ``draws``, two softmax draws per image around its probabilities
+    (the clean images' spread growing with the index, the adversarial ones' shrinking)."""
+    labels = ADAPTIVE_LABELS
+    clean_pred = labels.copy()
+    clean_pred[list(CLEAN_WRONG)] = 1 - labels[list(CLEAN_WRONG)]
+    adv_pred = labels.copy()
+    adv_pred[list(ADV_WRONG)] = 1 - labels[list(ADV_WRONG)]
+    n = ADAPTIVE_N
+    f: dict[str, Any] = {
+        "x_adv": np.zeros((n, 3, 4, 4), np.float32), "index": np.arange(n), "ids": [f"img-{i}" for i in range(n)],
+        "labels": labels, "attack_labels": labels, "clean_pred": clean_pred, "adv_pred": adv_pred,
+        "clean_probs": _probs(clean_pred, CLEAN_CONF), "adv_probs": _probs(adv_pred, ADV_CONF[kind]),
+        "l2": np.full(n, 0.1, np.float32), "linf": np.full(n, 0.03, np.float32), "success": adv_pred != clean_pred,
+    }  # fmt: skip
+    if draws:
+        spread = np.linspace(0.05, 0.95, n)
+        f["clean_sample_probs"] = _draws(f["clean_probs"], spread)
+        f["adv_sample_probs"] = _draws(f["adv_probs"], spread[::-1] if kind == "adaptive" else spread)
+    return f
+
+
+def write_adaptive_sets(
+    root: Path, name: str, *, counterpart: bool = True, detectors: list[dict[str, Any] | None] | None = None,
+    score: str = "predictive_entropy", draws: bool = False,
+) -> list[str]:  # fmt: skip
+    """The adaptive set (``ADAPTIVE`` against ``score``; two shards of five images, each
+    recording ``detectors[i]``, by default :data:`DETECTOR`) and, with ``counterpart``, the set
+    of its ``non_adaptive()`` config, as real checksummed HDF5 shards under
+    ``root/shards/name``; with ``draws``, two draws per image (a stochastic model); their folders."""
+    from dataclasses import replace
+
+    from medhpc.store import ShardMeta, write_shard
+
+    attack = replace(ADAPTIVE, score=score)
+    plain = attack.non_adaptive()
+    assert plain is not None
+    dets = detectors if detectors is not None else [DETECTOR, DETECTOR]
+    folders = []
+    for kind, cfg in (("adaptive", attack), ("pgd", plain)):
+        if kind == "pgd" and not counterpart:
+            continue
+        folder = root / "shards" / name / cfg.name
+        folder.mkdir(parents=True)
+        f = _adaptive_fields(kind, draws)
+        for k, (a, b) in enumerate(((0, 5), (5, 10))):
+            part = {key: v[:, a:b] if key.endswith("sample_probs") else v[a:b] for key, v in f.items()}
+            det = dets[k] if kind == "adaptive" else None
+            meta = ShardMeta(attack=cfg, split="test", start=a, model_hash=f"model-{name}",
+                             run=str(root / "runs" / name), dataset="aptos", set_size=ADAPTIVE_N,
+                             samples=2 if draws else 0, meta=None if det is None else {"detector": det})  # fmt: skip
+            write_shard(folder / f"{a:06d}-{b:06d}.h5", part, meta)
+        folders.append(str(folder))
+    return folders
+
+
+def _add_adaptive(stored: Fixture, key: str = "linear", counterpart: bool = True) -> list[dict[str, Any]]:
+    """Write the adaptive sets of model ``key`` and append the rows the evaluate job makes of
+    them (:func:`medhpc.report.analyse.attack_rows`) to its stored evaluation; those rows."""
+    from medhpc.report import ReportSettings
+    from medhpc.report.analyse import attack_rows
+
+    name = stored.names[key]
+    rows = attack_rows(tuple(write_adaptive_sets(stored.root, name, counterpart=counterpart)), ReportSettings())
+    path = stored.root / "eval" / f"{name}.json"
+    ev = json.loads(path.read_text())
+    ev["attacks"] += rows
+    path.write_text(json.dumps(ev))
+    return rows
+
+
+@pytest.fixture
+def add_adaptive() -> Any:
+    """:func:`_add_adaptive`: an adaptive attack (and its PGD counterpart) in a stored evaluation."""
+    return _add_adaptive
+
+
+@pytest.fixture
+def write_adaptive() -> Any:
+    """:func:`write_adaptive_sets` itself, for tests of damaged sets."""
+    return write_adaptive_sets
+
+
+@pytest.fixture
+def adaptive_case() -> Any:
+    """The adaptive fixture's facts (``DETECTOR``, ``CLEAN_CONF``, ``CLEAN_WRONG``,
+    ``ADV_WRONG``, ``ADV_CONF``) and its sets' fields (``fields(kind, draws)``), for hand
+    computations."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(DETECTOR=DETECTOR, CLEAN_CONF=CLEAN_CONF, CLEAN_WRONG=CLEAN_WRONG, ADV_WRONG=ADV_WRONG,
+                           ADV_CONF=ADV_CONF, fields=_adaptive_fields)  # fmt: skip
