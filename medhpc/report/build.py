@@ -20,6 +20,7 @@ Nothing is recomputed from models: the evaluate jobs stored every number and map
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 
 #: Version of the report layout; an older ``summary.json`` is not a finished report.
 REPORT_FORMAT = 3
+
+
+def input_digest(path: Path | str) -> str:
+    """SHA-256 of an evaluation file as the report read it: an evaluation redone under the same
+    job name (a newer evaluation format) still makes the report stale."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _slug(*parts: str) -> str:
@@ -179,6 +186,7 @@ def build_report(
     summary = {
         "format": REPORT_FORMAT, "job": job, "medhpc_version": __version__, "name": name,
         "inputs": {str(m.eval_path): m.evaluation.get("job") for m in results},
+        "input_digests": {str(m.eval_path): input_digest(m.eval_path) for m in results},
         "tables": [t.key for t in tabs], "figures": [p.relative_to(out).as_posix() for _, _, p in figs],
         "pages": ["index.html", "index.md"],
         "gallery": {g.model: {"panels": len(g.panels), "attacks": g.attacks} for g in galleries},

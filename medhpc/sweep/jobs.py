@@ -248,15 +248,17 @@ class ReportJob:
 
     def is_done(self) -> bool:
         """Written by this job, and from the evaluations as they are now."""
-        from medhpc.report.build import REPORT_FORMAT
+        from medhpc.report.build import REPORT_FORMAT, input_digest
 
         data = _recorded(self, REPORT_FORMAT)
         if data is None:
             return False
-        inputs = data.get("inputs", {})
+        inputs, digests = data.get("inputs", {}), data.get("input_digests", {})
         for path in self.evaluations:
             try:
                 if json.loads(Path(path).read_text()).get("job") != inputs.get(path):
+                    return False
+                if input_digest(path) != digests.get(path):  # redone under the same job name
                     return False
             except (OSError, ValueError):
                 return False

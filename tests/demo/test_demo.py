@@ -159,3 +159,29 @@ def test_tensorboard_lists_every_demo_run_with_its_epochs(demo_sweep: Path) -> N
         for tag in ("loss/train", "lr"):
             assert tag in events.TAGS.values()
             assert [e.step for e in mux.Scalars(name, tag)] == epochs, (name, tag)
+
+
+def test_the_adaptive_attacker_is_never_caught_more_often_than_pgd(demo_sweep: Path) -> None:
+    """Each model's entropy detector, and the VIB heads' mutual-information one, is fitted at 5 %
+    of the validation images (to within one image) and attacked beside its non-adaptive PGD row.
+    The adaptive search starts as that PGD (same seed) and keeps per image what it got past the
+    detector, so its system robust accuracy (correct or rejected) is at most PGD's: exactly up to
+    one image on a deterministic model (float32 scores at the threshold), up to 3 of 64 on a VIB
+    head, whose deployed detector draws fresh noise."""
+    summary = _summary(demo_sweep)
+    for m in summary["models"]:
+        rows = [r for r in m["attacks"] if r["config"]["attack"] == "adaptive"]
+        want = {"predictive_entropy", "mutual_information"} if m["head"] == "vib" else {"predictive_entropy"}
+        assert {r["config"]["score"] for r in rows} == want, _label(m)
+        for r in rows:
+            block = r["adaptive"]
+            val = block["val"]
+            assert abs(val["rejected"] - 0.05 * val["n"]) <= 1, (_label(m), val)
+            plain, adaptive = block["non_adaptive"], block["adaptive"]
+            assert plain is not None, (_label(m), r["name"])
+            slack = (3 if m["head"] == "vib" else 1) / adaptive["system_accuracy"]["n"]
+            where = (_label(m), r["name"], plain["system_accuracy"], adaptive["system_accuracy"])
+            assert adaptive["system_accuracy"]["value"] <= plain["system_accuracy"]["value"] + slack + 1e-12, where
+    rows = (demo_sweep / "report" / "tables" / "adaptive.csv").read_text().splitlines()
+    assert len(rows) == 1 + sum(2 if m["head"] == "vib" else 1 for m in summary["models"])
+    assert (demo_sweep / "report" / "figures" / "adaptive-aptos.png").is_file()
