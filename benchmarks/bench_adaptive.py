@@ -12,6 +12,8 @@ detector is fitted once on another random batch, outside the timing.
 * ``adaptive-5``: the default search, 5 rounds (λ = 0 first, so round one is the plain PGD).
 
 ``extra_info`` has the per-image time and, counted on the timed calls, the model's forward calls.
+``bench_adaptive_ratio_interleaved`` runs the three alternately (``MEDHPC_BENCH_ROUNDS``, default
+5) and records the ratios of their medians, the figure that counts on a shared CPU.
 
 Run::
 
@@ -39,6 +41,7 @@ BATCH = int(os.environ.get("MEDHPC_BENCH_ATTACK_BATCH", "8"))
 SIZE = int(os.environ.get("MEDHPC_BENCH_ATTACK_SIZE", "32"))
 STEPS = int(os.environ.get("MEDHPC_BENCH_ADAPTIVE_STEPS", "5"))
 DEVICE = os.environ.get("MEDHPC_BENCH_DEVICE", "cpu")
+ROUNDS = int(os.environ.get("MEDHPC_BENCH_ROUNDS", "5"))
 SCORE = {"linear": "predictive_entropy", "vib": "mutual_information"}
 EOT = {"linear": 1, "vib": 4}
 
@@ -114,4 +117,33 @@ def bench_adaptive_cost(benchmark: Any, head: str, way: str) -> None:
     benchmark.extra_info.update(
         images=BATCH, steps=STEPS, eot=EOT[head], score=SCORE[head], device=DEVICE,
         per_image_s=benchmark.stats.stats.median / BATCH, forwards_per_call=model.calls / 4,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("head", ["linear", "vib"])
+def bench_adaptive_ratio_interleaved(benchmark: Any, head: str) -> None:
+    """The three ways run alternately, ``ROUNDS`` times, in one test: on a shared machine the
+    ratios of their medians are what counts. The timed body is one round of all three."""
+    import statistics
+    import time
+
+    model, x, y, det = setup(head)
+    ways = ("pgd", "adaptive-1", "adaptive-5")
+    times: dict[str, list[float]] = {w: [] for w in ways}
+
+    def round_of_all() -> None:
+        for way in ways:
+            cfg = config(way, head)
+            started = time.perf_counter()
+            run_attack(model, x, y, cfg, detector=det if cfg.spec.calibrated else None)
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            times[way].append(time.perf_counter() - started)
+
+    benchmark.pedantic(round_of_all, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    med = {w: statistics.median(t[1:]) for w, t in times.items()}  # the warm-up round left out
+    benchmark.extra_info.update(
+        images=BATCH, steps=STEPS, eot=EOT[head], device=DEVICE,
+        per_image_s={w: m / BATCH for w, m in med.items()},
+        ratio_to_pgd={w: m / med["pgd"] for w, m in med.items()},
     )  # fmt: skip
