@@ -60,7 +60,7 @@ Method = Literal["pgd", "trades", "fgsm"]
 #: The pixel range the model's inputs live in (cached images are [0, 1]).
 BOX = (0.0, 1.0)
 #: Tags mixed into :func:`derive_seed` so training and validation draws never coincide.
-_TRAIN_TAG, _VAL_TAG, _FINAL_TAG = 0xAD7, 0x7A1, 0xF17
+_TRAIN_TAG, _VAL_TAG, _OTHER_TAG = 0xAD7, 0x7A1, 0xF17
 
 
 #: The plain training loss of one forward output: cross-entropy (+ auxiliary, + β·KL of a VIB head).
@@ -259,9 +259,9 @@ Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 def validation_perturb(cfg: AdversarialConfig, seed: int, epoch: int | None) -> Perturb:
     """PGD at the config's ε with ``val_steps`` steps (step 2.5 ε / steps, random start) on
-    each validation batch, seeded by the run's seed, the epoch (None: the kept model's final
-    evaluation) and the batch: reproducible, and the same on a resumed run."""
-    base = derive_seed(seed, _VAL_TAG, epoch) if epoch is not None else derive_seed(seed, _FINAL_TAG)
+    each batch, seeded by the run's seed, the (0-based) epoch and the batch: reproducible, and
+    the same on a resumed run. ``epoch`` None: a seed of its own (evaluations outside training)."""
+    base = derive_seed(seed, _VAL_TAG, epoch) if epoch is not None else derive_seed(seed, _OTHER_TAG)
 
     def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int) -> torch.Tensor:
         return pgd(model, x, y, eps=cfg.eps, steps=cfg.val_steps, random_init=True, clip=BOX,

@@ -221,6 +221,9 @@ def _train(
     if adv is not None:
         log.info("adversarial training: %s; kept model by PGD-%d validation loss", adversarial.describe(adv),
                  adv.val_steps)  # fmt: skip
+        if scaler is not None:
+            log.warning("fp16: the inner attacks' input gradients are not loss-scaled and may underflow "
+                        "(weaker examples); bf16 autocast has no such problem")  # fmt: skip
     events = EpochEvents(out, first_epoch=progress_state.epoch + 1)
     try:
         while progress_state.epoch < cfg.epochs and not progress_state.stopped_early:
@@ -319,8 +322,8 @@ def _finish(
     info: dict[str, Any],
 ) -> Path:
     """Evaluate the kept model (lowest validation loss, robust when adversarial) and write
-    ``metrics.json`` last; an adversarial run's kept model is also evaluated under the
-    validation PGD (``val_robust``)."""
+    ``metrics.json`` last; an adversarial run's kept model is also evaluated under its
+    epoch's validation PGD (``val_robust``: the same attack, seeds and so loss that kept it)."""
     if not (out / checkpoint.BEST).is_file():
         raise checkpoint.CheckpointError(
             f"{out}: no epoch had a finite validation loss (training diverged?); see {out / HISTORY}"
@@ -341,7 +344,7 @@ def _finish(
             pred = predict(
                 model, loader, device, image_size=cfg.data.image_size, channels_last=channels_last,
                 autocast_dtype=amp, seed=cfg.seed, progress=False,
-                perturb=adversarial.validation_perturb(cfg.adversarial, cfg.seed, None),
+                perturb=adversarial.validation_perturb(cfg.adversarial, cfg.seed, state.best_epoch - 1),
             )  # fmt: skip
         results["val_robust"] = metrics_of(pred, weights, beta)
     metrics = {

@@ -6,9 +6,18 @@ test-only ``tiny`` trunk (tests/train/conftest.py) through the whole loop on the
 blob images (16 px, through a prepared cache: 480 train / 30 val / 90 test), because a
 from-scratch ResNet50 barely learns the synthetic fundus task in a few CPU epochs
 (test_learning.py) and would not survive an attack. Measured on the shared 2-core CPU
-(5 epochs, batch 64, ε = 0.05, test accuracy [95 % Wilson interval], PGD-10 at ε):
-plain 0.92 [0.85, 0.96] clean, 0.19 [0.12, 0.28] under PGD;
-PGD-AT (2 steps) see the test's log (it logs both).
+(6 epochs, batch 64, Adam lr 3e-3, ε = 0.05; test accuracy on 90 images [95 % Wilson
+interval], under PGD-10 at ε with a random start; the test logs them):
+
+=================  ===================  ===================
+model              clean                under PGD
+=================  ===================  ===================
+plain              0.956 [0.891, 0.983]  0.122 [0.070, 0.206]
+PGD-AT (3 steps)   0.744 [0.646, 0.823]  0.400 [0.305, 0.503]
+=================  ===================  ===================
+
+Robust accuracy +28 points, clean accuracy −21 points. Both runs take about 3 s on a quiet
+machine (over 40 s when the cores are shared).
 """
 
 from __future__ import annotations
@@ -269,6 +278,7 @@ def test_an_adversarial_run_keeps_the_model_with_the_lowest_robust_validation_lo
     assert metrics["kept_by"] == "val_robust_loss"
     assert metrics["best_val_loss"] == pytest.approx(history[best - 1]["val_robust_loss"])
     assert metrics["val"]["loss"] == pytest.approx(history[best - 1]["val_loss"], rel=1e-5)  # clean, reported too
+    assert metrics["val_robust"]["loss"] == pytest.approx(metrics["best_val_loss"], rel=1e-5)  # the same attack
     assert metrics["val_robust"]["accuracy"] <= metrics["val"]["accuracy"]
     plain = json.loads((blob_runs["plain"] / "history.json").read_text())
     assert not any("val_robust_loss" in h for h in plain)  # a plain run's history is what it was
