@@ -1,6 +1,7 @@
 """The layer contract (``[tool.importlinter]`` in pyproject.toml) holds, and it would catch a
-change that breaks it: data -> models -> attacks (-> ops) -> store -> report, the sweep on top,
-the self-test beside it, a store that knows no attack or model code, and no import cycles."""
+change that breaks it: data -> models -> attacks (-> ops) -> train (adversarial training uses the
+attacks) -> store -> report, the sweep on top, the self-test beside it, a store that knows no
+attack or model code, and no import cycles."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def test_the_layer_contract_is_kept() -> None:
         ("models/spec.py", "import medhpc.models.classifier", "No import cycles"),  # classifier -> spec -> classifier
         ("config.py", "import medhpc.data", "The shared base"),
         ("sweep/graph.py", "import medhpc.selftest.runner", "Layers"),  # the two top layers are independent
+        ("attacks/pgd.py", "import medhpc.train.loop", "Layers"),  # training sits above the attacks it uses
     ],
 )
 def test_breaking_the_contract_fails(tmp_path: Path, module: str, line: str, broken: str) -> None:

@@ -1,4 +1,4 @@
-"""The sweep config: datasets x architectures x heads x beta x attacks, and how to run it.
+"""The sweep config: datasets x architectures x heads x beta x defences x attacks, and how to run it.
 
 One file describes a whole study. :mod:`medhpc.sweep.graph` expands it into typed job configs
 (prepare, train, attack shards, evaluate, report), each named by its config hash, so a rerun
@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 from medhpc.attacks.config import AttackConfig
 from medhpc.attacks.presets import PresetName
-from medhpc.config import ConfigError, bad, hashed_when_set, load, nohash
+from medhpc.config import ConfigError, _Bad, _build, bad, hashed_when_set, load, nohash
 from medhpc.models.config import AttentionConfig, VIBConfig
 from medhpc.models.registry import ARCHS, HEADS, base_head
 from medhpc.report.config import ReportSettings
+from medhpc.train.adversarial import AdversarialConfig
 from medhpc.train.config import OptimConfig
 
 DataKind = Literal["aptos", "cxr", "folder"]
@@ -146,6 +147,12 @@ class SweepConfig:
     job arrays with the cluster ``profile``) or ``debug`` (in this process, one at a time):
     a name of :data:`medhpc.sweep.executors.EXECUTORS`.
     ``report`` sets the uncertainty operating points and the maps (:class:`ReportSettings`).
+    ``defences``: the training defences crossed with the model grid, each model trained once
+    per entry: ``none`` (or null) is plain training, a mapping an ``adversarial:`` section of
+    the training config (:class:`~medhpc.train.adversarial.AdversarialConfig`: PGD-AT,
+    TRADES, fast FGSM-AT). The heads that train on a base model's backbone (VIB) train with the
+    same defence on the base model trained with it (VIB + AT). Left out: plain training only,
+    and every job keeps the name it had before the axis existed.
     """
 
     name: str
@@ -168,13 +175,40 @@ class SweepConfig:
     limit: int | None = None
     seed: int = 0
     report: ReportSettings = field(default_factory=ReportSettings)
+    # Raw entries (None, "none" or a mapping) are turned into AdversarialConfig | None in
+    # __post_init__, so that an error names the entry's own key (defences[1].eps).
+    defences: tuple[Any, ...] | None = hashed_when_set()
     out: str = nohash("sweep-out")
     executor: str = nohash("local")
     workers: int = nohash(1)
     profile: str | None = nohash(None)
     device: str = nohash("auto")
 
+    def __post_init__(self) -> None:
+        if self.defences is None:
+            return
+        if not isinstance(self.defences, (list, tuple)):
+            raise bad("defences", f"expected a list, got {type(self.defences).__name__} {self.defences!r}")
+        items: list[AdversarialConfig | None] = []
+        for i, item in enumerate(self.defences):
+            if item is None or item == "none":
+                items.append(None)
+            elif isinstance(item, (dict, AdversarialConfig)):
+                items.append(_build(AdversarialConfig, item, f"defences[{i}]."))
+            else:
+                raise _Bad(f"defences[{i}]", f"must be 'none' or an adversarial-training mapping, got {item!r}")
+        object.__setattr__(self, "defences", tuple(items))
+
+    def defence_list(self) -> list[AdversarialConfig | None]:
+        """The defences every model of the grid is trained with (None: plain training)."""
+        return list(self.defences) if self.defences is not None else [None]
+
     def _check(self) -> None:
+        if self.defences is not None:
+            if not self.defences:
+                raise bad("defences", "must list at least one entry ('none' for plain training), or be left out")
+            if len(set(self.defences)) != len(self.defences):
+                raise bad("defences", "lists a defence twice")
         if not self.datasets:
             raise bad("datasets", "must list at least one dataset")
         names = [d.name for d in self.datasets]

@@ -1,8 +1,9 @@
 """Expand a :class:`SweepConfig` into its jobs and their dependencies.
 
 prepare (one per dataset) -> train (base heads; VIB heads after the base model they copy the
-backbone of) -> attack (one per model x attack x shard of the attacked split) -> evaluate (one
-per model: every attack's shards into one robustness table) -> report (one).
+backbone of; all of them once per entry of ``defences``) -> attack (one per model x attack x
+shard of the attacked split) -> evaluate (one per model: every attack's shards into one
+robustness table) -> report (one).
 
 Every job (:mod:`medhpc.sweep.jobs`) is a frozen dataclass named ``<kind>-<config hash>``;
 its output path follows from its config, so a rerun knows what is done without a database.
@@ -29,6 +30,7 @@ from medhpc.train.config import TrainConfig
 
 if TYPE_CHECKING:  # only read here; its check imports the executors, which import this module
     from medhpc.sweep.config import DatasetSpec, SweepConfig, TrainSettings
+    from medhpc.train.adversarial import AdversarialConfig
 
 
 @dataclass
@@ -83,7 +85,13 @@ def prepare_job(cfg: SweepConfig, ds: DatasetSpec) -> PrepareJob:
 
 
 def _train_config(
-    cfg: SweepConfig, cache: str, model: ModelConfig, settings: TrainSettings, weighting: str, init_from: str | None
+    cfg: SweepConfig,
+    cache: str,
+    model: ModelConfig,
+    settings: TrainSettings,
+    weighting: str,
+    init_from: str | None,
+    defence: AdversarialConfig | None = None,
 ) -> TrainConfig:
     size = (cfg.image_size or {}).get(model.arch)
     data: dict[str, Any] = {
@@ -105,6 +113,8 @@ def _train_config(
     }
     if size is None:
         del data["data"]["image_size"]
+    if defence is not None:  # left out when plain: the training config's hash is what it was
+        data["adversarial"] = to_dict(defence)
     return from_dict(TrainConfig, data, source=f"sweep {cfg.name}")
 
 
@@ -134,30 +144,32 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
         prep_key = graph.add(prep)
         for arch in cfg.models.archs:
             for weighting in cfg.models.loss_weightings:
-                base_key, base_job = None, None
-                for head in cfg.models.heads:
-                    if get_head(head).on_base:
-                        continue
-                    job = TrainJob(
-                        _train_config(cfg, prep.cache, _model(cfg, arch, head), cfg.train, weighting, None), ds.name
-                    )
-                    key = graph.add(job, (prep_key,))
-                    trained.append((key, job))
-                    if get_head(head).base:
-                        base_key, base_job = key, job
-                # Heads that train on the base model's frozen backbone (VIB), over their axis (β).
-                for head in cfg.models.heads:
-                    spec = get_head(head)
-                    if not spec.on_base:
-                        continue
-                    assert base_key is not None and base_job is not None  # SweepConfig checks a base head is listed
-                    values = getattr(cfg.models, spec.axis.grid) if spec.axis is not None else (None,)
-                    for value in values:
-                        model = _model(cfg, arch, head, value)
-                        job = TrainJob(
-                            _train_config(cfg, prep.cache, model, cfg.vib_train, weighting, str(base_job.run)), ds.name
-                        )
-                        trained.append((graph.add(job, (prep_key, base_key)), job))
+                for defence in cfg.defence_list():
+                    base_key, base_job = None, None
+                    for head in cfg.models.heads:
+                        if get_head(head).on_base:
+                            continue
+                        train_cfg = _train_config(cfg, prep.cache, _model(cfg, arch, head), cfg.train, weighting, None,
+                                                  defence)  # fmt: skip
+                        job = TrainJob(train_cfg, ds.name)
+                        key = graph.add(job, (prep_key,))
+                        trained.append((key, job))
+                        if get_head(head).base:
+                            base_key, base_job = key, job
+                    # Heads that train on the base model's frozen backbone (VIB), over their axis (β),
+                    # with the base model's defence (VIB + AT: examples crafted through that backbone).
+                    for head in cfg.models.heads:
+                        spec = get_head(head)
+                        if not spec.on_base:
+                            continue
+                        assert base_key is not None and base_job is not None  # SweepConfig checks a base head is listed
+                        values = getattr(cfg.models, spec.axis.grid) if spec.axis is not None else (None,)
+                        for value in values:
+                            model = _model(cfg, arch, head, value)
+                            train_cfg = _train_config(cfg, prep.cache, model, cfg.vib_train, weighting,
+                                                      str(base_job.run), defence)  # fmt: skip
+                            job = TrainJob(train_cfg, ds.name)
+                            trained.append((graph.add(job, (prep_key, base_key)), job))
     if split_sizes is None:
         return graph
 

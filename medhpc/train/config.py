@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medhpc.config import ConfigError, bad, from_dict, nohash, read_mapping
+from medhpc.config import ConfigError, bad, from_dict, hashed_when_set, nohash, read_mapping
 from medhpc.models.config import ModelConfig
+from medhpc.train.adversarial import AdversarialConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "base": {
@@ -83,7 +84,10 @@ class TrainConfig:
     tables' *). ``patience`` stops when the validation loss has not improved (fallen by more
     than ``min_delta``) for that many epochs (None: never). ``init_from`` copies the backbone
     of a finished run (its folder or checkpoint), as the VIB recipe trains a head on a
-    trained, frozen backbone.
+    trained, frozen backbone. ``adversarial`` trains on adversarial examples (PGD-AT, TRADES,
+    fast FGSM-AT: :class:`~medhpc.train.adversarial.AdversarialConfig`) and keeps the model
+    with the lowest robust validation loss; left out (null) it is plain training, and the
+    config's hash is what it was before the section existed.
     ``precision: auto`` is bf16 autocast on CUDA and fp32 on the CPU. ``tf32`` lets cuDNN
     convolutions and cuBLAS matmuls run fp32 work in TF32 on Ampere and later GPUs; it is off
     by default so that ``precision: fp32`` means IEEE fp32 (torch's own default is on for
@@ -107,6 +111,7 @@ class TrainConfig:
     min_delta: float = 0.0
     init_from: str | None = None
     seed: int = 0
+    adversarial: AdversarialConfig | None = hashed_when_set()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = nohash("auto")
     channels_last: Literal["auto", "on", "off"] = nohash("auto")
     deterministic: bool = nohash(False)

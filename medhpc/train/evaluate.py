@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,12 +30,16 @@ def predict(
     autocast_dtype: torch.dtype | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    perturb: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Labels (N,), logits (N, C) and the VIB head's KL (N,) or None over one split.
 
     The model runs in eval mode (a VIB model averages its evaluation samples). Its noise
     comes from a generator seeded with ``seed`` inside a forked RNG, so evaluating neither
-    depends on nor disturbs the training run's random stream.
+    depends on nor disturbs the training run's random stream. ``perturb(model, x, y, i)``
+    replaces batch ``i``'s images before the forward pass (an attack: the robust validation
+    of adversarial training, :func:`medhpc.train.adversarial.validation_perturb`), under the
+    same autocast; it makes its own gradients.
     """
     was_training = model.training
     model.eval()
@@ -42,12 +47,14 @@ def predict(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for batch in tqdm(
+        for i, batch in enumerate(tqdm(
             loader, desc=f"eval {loader.dataset.split}", leave=False, disable=None if progress is None else not progress
-        ):
+        )):  # fmt: skip
             images, y = batch[0], batch[1]
             x = prepare_batch(images, device, image_size, channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                if perturb is not None:
+                    x = perturb(model, x, y.to(device, non_blocking=True), i)
                 forward_train = getattr(model, "forward_train", None)
                 out = forward_train(x) if forward_train is not None else None
                 z = out.logits if out is not None else model(x)

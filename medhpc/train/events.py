@@ -23,6 +23,8 @@ TAGS = {
     "val_loss": "loss/val",
     "val_accuracy": "accuracy/val",
     "val_balanced_accuracy": "balanced_accuracy/val",
+    "val_robust_loss": "loss/val_robust",  # adversarial training only: PGD on the validation split
+    "val_robust_accuracy": "accuracy/val_robust",
     "lr": "lr",
     "train_images_per_s": "throughput/train_images_per_s",
 }

@@ -42,8 +42,11 @@ SPLITS = ("train", "val")
 
 
 def eligible(cfg: TrainConfig) -> bool:
-    """Whether this run trains a pooled head on a frozen backbone with feature caching on."""
-    return bool(cfg.feature_cache and cfg.model.freeze_backbone and cfg.model.head_spec.pooled)
+    """Whether this run trains a pooled head on a frozen backbone with feature caching on, on
+    clean images (adversarial training crafts its examples through the backbone, image by image)."""
+    return bool(
+        cfg.feature_cache and cfg.model.freeze_backbone and cfg.model.head_spec.pooled and cfg.adversarial is None
+    )
 
 
 def feature_key(cfg: TrainConfig, model: Classifier, device: torch.device, amp: torch.dtype | None,

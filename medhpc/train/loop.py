@@ -6,6 +6,10 @@ uninterrupted one), ``best.pt`` (the weights with the lowest validation loss: th
 ``history.json``, TensorBoard event files (``events.out.tfevents.*``, see
 :mod:`medhpc.train.events`) and, last, ``metrics.json`` (the kept model on validation and test). A run
 whose ``metrics.json`` exists is finished and is skipped.
+
+An adversarially trained run (``adversarial:``, :mod:`medhpc.train.adversarial`) is named
+``<arch>-<head>-<method tag>-<hash>``; it keeps the model with the lowest validation loss under
+PGD (``val_robust_loss`` in the history, beside the clean ``val_loss``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from medhpc.data.cache import CacheLoader, cache_info, prepare_batch
 from medhpc.data.errors import DataError
 from medhpc.device import resolve_device
 from medhpc.models import Classifier, build_model
-from medhpc.train import checkpoint, features, runtime
+from medhpc.train import adversarial, checkpoint, features, runtime
 from medhpc.train.checkpoint import Progress
 from medhpc.train.config import TrainConfig
 from medhpc.train.evaluate import metrics_of, predict, write_predictions
@@ -43,8 +47,9 @@ CONFIG = "config.yaml"
 
 
 def run_dir(cfg: TrainConfig) -> Path:
-    """The run's folder, named by architecture, head and config hash."""
-    return Path(cfg.out) / f"{cfg.model.arch}-{cfg.model.head}-{config_hash(cfg)}"
+    """The run's folder, named by architecture, head, defence (when adversarial) and config hash."""
+    defence = f"-{cfg.adversarial.spec.tag}" if cfg.adversarial is not None else ""
+    return Path(cfg.out) / f"{cfg.model.arch}-{cfg.model.head}{defence}-{config_hash(cfg)}"
 
 
 def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
@@ -181,6 +186,10 @@ def _train(
     weights = class_weights(train_labels, cfg.model.classes).to(device) if cfg.loss_weighting == "weighted" else None
     kl_weight = cfg.model.head_spec.loss_weight(cfg.model)
     beta = kl_weight or 0.0
+    adv = cfg.adversarial
+
+    def plain_loss(out: Any, y: torch.Tensor) -> torch.Tensor:
+        return _loss(out, y, weights, cfg, kl_weight)
 
     progress_state = Progress()
     last = out / checkpoint.LAST
@@ -209,6 +218,12 @@ def _train(
         out, cfg.model.arch, cfg.model.head, device, len(train_loader.dataset), len(val_loader.dataset),
         runtime.render(numerics),
     )  # fmt: skip
+    if adv is not None:
+        log.info("adversarial training: %s; kept model by PGD-%d validation loss", adversarial.describe(adv),
+                 adv.val_steps)  # fmt: skip
+        if scaler is not None:
+            log.warning("fp16: the inner attacks' input gradients are not loss-scaled and may underflow "
+                        "(weaker examples); bf16 autocast has no such problem")  # fmt: skip
     feats = features.prepare(cfg, model, device, amp, channels_last) if features.eligible(cfg) else None
     events = EpochEvents(out, first_epoch=progress_state.epoch + 1)
     try:
@@ -220,18 +235,23 @@ def _train(
             loss_sum = torch.zeros((), device=device)
             seen = 0
             batches = train_loader if feats is None else feats.batches("train", train_loader.batch_indices(), device)
-            for batch in tqdm(
+            for index, batch in enumerate(tqdm(
                 batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, total=len(train_loader),
                 disable=None if progress is None else not progress,
-            ):  # fmt: skip
+            )):  # fmt: skip
                 if feats is None:
                     x = prepare_batch(batch[0], device, cfg.data.image_size, channels_last)
                     y = batch[1].to(device, non_blocking=True)
                 else:
                     x, y = batch  # the pooled features (B, C, 1, 1): the head pools them to themselves
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    out_train = model.forward_train(x) if feats is None else features.forward_train(model, x)
-                    loss = _loss(out_train, y, weights, cfg, kl_weight)
+                    if feats is not None:
+                        loss = plain_loss(features.forward_train(model, x), y)
+                    elif adv is None:
+                        loss = plain_loss(model.forward_train(x), y)
+                    else:  # the method crafts its examples (eval mode) and returns the step's loss
+                        seed = adversarial.batch_seed(cfg.seed, epoch, index)
+                        loss = adv.spec.loss(model, x, y, adv, seed, plain_loss)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -261,12 +281,22 @@ def _train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_images_per_s": seen / train_time if train_time > 0 else None,
             }
+            keep_loss = val["loss"]
+            if adv is not None:
+                robust = metrics_of(
+                    predict(model, val_loader, device, image_size=cfg.data.image_size, channels_last=channels_last,
+                            autocast_dtype=amp, seed=cfg.seed + epoch + 1, progress=False,
+                            perturb=adversarial.validation_perturb(adv, cfg.seed, epoch)),
+                    weights, beta,
+                )  # fmt: skip
+                record["val_robust_loss"], record["val_robust_accuracy"] = robust["loss"], robust["accuracy"]
+                keep_loss = robust["loss"]
             progress_state.history.append(record)
             events.write(record)  # before the checkpoint: a resumed run purges, never misses, an epoch
-            if record_epoch(progress_state, val["loss"], cfg.patience, cfg.min_delta):
+            if record_epoch(progress_state, keep_loss, cfg.patience, cfg.min_delta):
                 checkpoint.save_weights(
                     out / checkpoint.BEST, model=model, config=cfg_dict, config_hash=chash,
-                    epoch=epoch + 1, val_loss=val["loss"],
+                    epoch=epoch + 1, val_loss=keep_loss,
                 )  # fmt: skip
             checkpoint.save(
                 last, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -274,8 +304,9 @@ def _train(
             )  # fmt: skip
             atomic.write_json(progress_state.history, out / HISTORY)
             log.info(
-                "epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, %.0f img/s%s",
+                "epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f%s, %.0f img/s%s",
                 epoch + 1, cfg.epochs, record["train_loss"], val["loss"], val["accuracy"],
+                "" if adv is None else f" (under PGD: loss {keep_loss:.4f}, acc {record['val_robust_accuracy']:.3f})",
                 record["train_images_per_s"] or 0.0,
                 " (early stop)" if progress_state.stopped_early else "",
             )  # fmt: skip
@@ -300,7 +331,9 @@ def _finish(
     state: Progress,
     info: dict[str, Any],
 ) -> Path:
-    """Evaluate the kept model (lowest validation loss) and write ``metrics.json`` last."""
+    """Evaluate the kept model (lowest validation loss, robust when adversarial) and write
+    ``metrics.json`` last; an adversarial run's kept model is also evaluated under its
+    epoch's validation PGD (``val_robust``: the same attack, seeds and so loss that kept it)."""
     if not (out / checkpoint.BEST).is_file():
         raise checkpoint.CheckpointError(
             f"{out}: no epoch had a finite validation loss (training diverged?); see {out / HISTORY}"
@@ -316,6 +349,14 @@ def _finish(
             )  # fmt: skip
         write_predictions(pred, out / f"predictions-{split}.npz")
         results[split] = metrics_of(pred, weights, beta)
+    if cfg.adversarial is not None:
+        with CacheLoader(cfg.data.cache, "val", batch_size=cfg.eval_batch_size) as loader:
+            pred = predict(
+                model, loader, device, image_size=cfg.data.image_size, channels_last=channels_last,
+                autocast_dtype=amp, seed=cfg.seed, progress=False,
+                perturb=adversarial.validation_perturb(cfg.adversarial, cfg.seed, state.best_epoch - 1),
+            )  # fmt: skip
+        results["val_robust"] = metrics_of(pred, weights, beta)
     metrics = {
         "config_hash": chash,
         "medhpc_version": __version__,
@@ -325,6 +366,7 @@ def _finish(
         "classes": info.get("classes"),
         "best_epoch": state.best_epoch,
         "best_val_loss": state.best_val_loss,
+        "kept_by": "val_loss" if cfg.adversarial is None else "val_robust_loss",
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
         "eval_samples": cfg.model.vib.eval_samples if cfg.model.vib is not None else 1,

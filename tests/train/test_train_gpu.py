@@ -98,3 +98,26 @@ def test_vib_head_on_cuda_matches_cpu_for_the_same_draw() -> None:
     with torch.no_grad(), fixed_noise(model, seed=11):
         gpu = model.sample_logits(x.cuda(), samples=5)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["pgd", "trades", "fgsm"])
+def test_adversarial_training_on_cuda_with_bf16_autocast(tiny_cache: Path, tmp_path: Path, method: str) -> None:
+    """Each method crafts and steps on the GPU under bf16 autocast, and keeps a model by its
+    robust validation loss (``precision: auto``, channels_last)."""
+    cfg = from_mapping(
+        {
+            "model": {"arch": "resnet50", "head": "linear"},
+            "data": {"cache": str(tiny_cache)},
+            "optim": {"name": "adam", "lr": 1e-3},
+            "epochs": 2,
+            "device": "cuda",
+            "adversarial": {"method": method, "eps": 0.03, **({} if method == "fgsm" else {"steps": 3})},
+            "out": str(tmp_path),
+        }
+    )
+    run = train(cfg, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["device"].startswith("cuda") and metrics["kept_by"] == "val_robust_loss"
+    assert metrics["val_robust"]["n"] == metrics["val"]["n"] and metrics["val_robust"]["loss"] >= 0
+    history = json.loads((run / "history.json").read_text())
+    assert all(h["val_robust_loss"] is not None for h in history)

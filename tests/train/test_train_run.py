@@ -73,11 +73,13 @@ def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def history_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """history.json as the scalars it should give (TensorBoard stores float32)."""
+    """history.json as the scalars it should give (TensorBoard stores float32); the robust
+    validation tags only where the run is adversarial."""
     history = json.loads((run / "history.json").read_text())
     return {
         tag: [(h["epoch"], float(np.float32(h[key]))) for h in history if h[key] is not None]
         for key, tag in events.TAGS.items()
+        if any(key in h for h in history)
     }
 
 
@@ -193,25 +195,46 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
-def run_cli(cfg: Path, **kw: object) -> subprocess.Popen:
+#: ``python -m medhpc.train`` with the test-only ``tiny`` architecture registered first (conftest.py).
+TINY_MAIN = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import conftest; from medhpc.models import registry; "
+    "registry.ARCHS[conftest.TINY.name] = conftest.TINY; from medhpc.train.__main__ import main; sys.exit(main())"
+)
+
+
+def run_cli(cfg: Path, tiny: bool = False, **kw: object) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = ["-c", TINY_MAIN, str(Path(__file__).parent)] if tiny else ["-m", "medhpc.train"]
     return subprocess.Popen(
-        [sys.executable, "-m", "medhpc.train", str(cfg), "--quiet"],
+        [sys.executable, *command, str(cfg), "--quiet"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
     )  # fmt: skip
 
 
-def test_a_run_killed_midway_resumes_to_identical_weights(tiny_cache: Path, tmp_path: Path) -> None:
-    data = config(tiny_cache, tmp_path / "a", epochs=3, batch_size=8, model={"head": "vib"})
+@pytest.mark.parametrize("adversarial", [None, {"method": "trades", "eps": 0.03, "steps": 2, "val_steps": 2}],
+                         ids=["plain", "trades"])  # fmt: skip
+def test_a_run_killed_midway_resumes_to_identical_weights(
+    tiny_cache: Path, tmp_path: Path, adversarial: dict | None, request: pytest.FixtureRequest
+) -> None:
+    """Also during adversarial training (TRADES on a VIB model whose backbone trains too, on
+    the tiny trunk and the blob images to stay fast): its attacks' seeds derive from the epoch
+    and batch, so the resumed run crafts the same examples."""
+    tiny = adversarial is not None
+    cache = request.getfixturevalue("blob_cache") if tiny else tiny_cache
+    data = config(cache, tmp_path / "a", epochs=3, batch_size=8, model={"head": "vib"})
     data["model"]["vib"] = {"latent": 16}
-    whole = run_cli(write_config(tmp_path / "a.yaml", data))
+    if tiny:
+        data["model"]["arch"] = request.getfixturevalue("tiny_arch")
+        data["batch_size"] = 32
+        data["adversarial"] = adversarial
+    whole = run_cli(write_config(tmp_path / "a.yaml", data), tiny)
     out_w, err_w = whole.communicate(timeout=600)
     assert whole.returncode == 0, err_w
 
     data["out"] = str(tmp_path / "b")
     cfg_b = write_config(tmp_path / "b.yaml", data)
     run_b = run_dir(from_mapping(data))
-    killed = run_cli(cfg_b)
+    killed = run_cli(cfg_b, tiny)
     deadline = time.monotonic() + 300
     while not (run_b / "last.pt").exists():  # epoch 1 done; epoch 2 takes seconds
         assert killed.poll() is None, killed.communicate()[1]
@@ -221,7 +244,7 @@ def test_a_run_killed_midway_resumes_to_identical_weights(tiny_cache: Path, tmp_
     killed.communicate(timeout=60)
     assert load_ckpt(run_b / "last.pt")["progress"]["epoch"] < 3 and not (run_b / "metrics.json").exists()
 
-    resumed = run_cli(cfg_b)
+    resumed = run_cli(cfg_b, tiny)
     out_r, err_r = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err_r
     assert "resuming after epoch" in err_r
@@ -236,6 +259,7 @@ def test_a_run_killed_midway_resumes_to_identical_weights(tiny_cache: Path, tmp_
     ma = json.loads((run_a / "metrics.json").read_text())
     mb = json.loads((run_b / "metrics.json").read_text())
     assert ma["test"] == mb["test"] and ma["best_epoch"] == mb["best_epoch"]
+    assert ma.get("val_robust") == mb.get("val_robust") and ("val_robust" in ma) == (adversarial is not None)
     # TensorBoard: each epoch once across the killed and the resumed process's event files.
     assert len(list(run_b.glob("events.out.tfevents.*"))) == 2
     got, want = tensorboard_scalars(run_b), history_scalars(run_b)
