@@ -32,7 +32,7 @@ from medhpc.report import plots, tables
 from medhpc.report.config import ReportSettings
 from medhpc.report.gallery import write_gallery
 from medhpc.report.html import Figure, render_index
-from medhpc.report.results import ModelResult, ReportError, load_results
+from medhpc.report.results import ModelResult, ReportError, load_results, recipe_title
 from medhpc.report.table import Table
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def input_digest(path: Path | str) -> str:
 
 
 def _slug(*parts: str) -> str:
-    return "-".join(p.replace(" ", "_").replace("/", "_") for p in parts if p)
+    return "-".join(p.replace(",", "").replace(" ", "_").replace("/", "_") for p in parts if p)
 
 
 def _figures(results: list[ModelResult], figdir: Path) -> list[tuple[str, str, Path]]:
@@ -58,7 +58,7 @@ def _figures(results: list[ModelResult], figdir: Path) -> list[tuple[str, str, P
     for m in results:
         groups.setdefault(m.group, []).append(m)
     for (dataset, arch, weighting), models in groups.items():
-        title = f"{dataset}, {arch}" + ("" if weighting == "none" else f", {weighting} loss")
+        title = f"{dataset}, {arch}" + recipe_title(weighting)
         if any(m.spec.axis is not None for m in models):
             p = plots.accuracy_vs_beta(models, f"Accuracy against β: {title}",
                                        figdir / f"{_slug('acc-vs-beta', dataset, arch, weighting)}.png")  # fmt: skip

@@ -19,8 +19,9 @@ from medhpc.models.config import ModelConfig
 from medhpc.models.registry import HEADS, get_head
 from medhpc.models.spec import HeadSpec
 from medhpc.report.errors import ReportError
+from medhpc.train.adversarial import AdversarialConfig
 
-__all__ = ["ModelResult", "ReportError", "attack_names", "load_result", "load_results"]
+__all__ = ["ModelResult", "ReportError", "attack_names", "load_result", "load_results", "recipe_key", "recipe_title"]
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,24 @@ class ModelResult:
     metrics: dict[str, Any]
     evaluation: dict[str, Any]
     eval_path: Path
+    defence: str | None = None  # the adversarial-training method's title (PGD-AT, TRADES, ...), None: plain
 
     @property
     def name(self) -> str:
         return Path(self.run).name
 
     @property
+    def training(self) -> str:
+        """The training recipe beyond the head: the loss weighting and the defence, ``none`` for
+        plain training (``weighted``, ``PGD-AT``, ``weighted, PGD-AT``)."""
+        parts = [p for p in (self.weighting if self.weighting != "none" else None, self.defence) if p]
+        return ", ".join(parts) or "none"
+
+    @property
     def group(self) -> tuple[str, str, str]:
-        """Models compared with each other: same data, architecture and loss weighting."""
-        return (self.dataset, self.arch, self.weighting)
+        """Models compared with each other: same data, architecture and training recipe (loss
+        weighting and defence)."""
+        return (self.dataset, self.arch, self.training)
 
     @property
     def spec(self) -> HeadSpec:
@@ -56,7 +66,8 @@ class ModelResult:
         """Short human name: ``resnet50 vib β=0.001`` (``, weighted`` for weighted loss)."""
         axis = self.spec.axis
         s = f"{self.arch} {self.head}" + (f" {axis.symbol}={self.beta:g}" if axis and self.beta is not None else "")
-        return s + (", weighted" if self.weighting == "weighted" else "")
+        s += ", weighted" if self.weighting == "weighted" else ""
+        return s + (f", {self.defence}" if self.defence else "")
 
     @property
     def attacks(self) -> list[dict[str, Any]]:
@@ -67,7 +78,18 @@ class ModelResult:
 
     def sort_key(self) -> tuple[Any, ...]:
         order = list(HEADS).index(self.head) if self.head in HEADS else len(HEADS)
-        return (self.dataset, self.arch, self.weighting, order, self.beta or 0.0)
+        return (self.dataset, self.arch, self.defence or "", self.weighting, order, self.beta or 0.0)
+
+
+def recipe_title(training: str) -> str:
+    """A group's training recipe for titles: empty for plain training, else ``, weighted loss``,
+    ``, PGD-AT``, ``, weighted loss, PGD-AT``."""
+    return "" if training == "none" else ", " + training.replace("weighted", "weighted loss")
+
+
+def recipe_key(training: str) -> str:
+    """The recipe for file names and table keys: empty for plain training (old names kept)."""
+    return "" if training == "none" else "-" + training.replace(", ", "-").replace(" ", "_").lower()
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -97,10 +119,16 @@ def load_result(eval_path: Path | str) -> ModelResult:
         model = from_dict(ModelConfig, cfg["model"], source=str(run / "config.yaml"))
     except (ConfigError, KeyError, TypeError) as exc:
         raise ReportError(f"{run / 'config.yaml'}: not a model config medhpc reads ({exc})") from None
+    defence = None
+    if cfg.get("adversarial"):
+        try:
+            defence = from_dict(AdversarialConfig, cfg["adversarial"], source=str(run / "config.yaml")).spec.title
+        except (ConfigError, TypeError) as exc:
+            raise ReportError(f"{run / 'config.yaml'}: adversarial: not a defence medhpc reads ({exc})") from None
     return ModelResult(
         run=str(run), dataset=ev.get("dataset") or Path(metrics.get("cache", "")).stem, arch=model.arch,
         head=model.head, beta=model.head_spec.axis_value(model), weighting=cfg.get("loss_weighting", "none"),
-        metrics=metrics, evaluation=ev, eval_path=path,
+        metrics=metrics, evaluation=ev, eval_path=path, defence=defence,
     )  # fmt: skip
 
 

@@ -31,7 +31,8 @@ from typing import Any
 
 from medhpc.attacks.registry import get_attack
 from medhpc.metrics import auc_interval, wilson_interval
-from medhpc.report.results import ModelResult, attack_names
+from medhpc.models.registry import base_head
+from medhpc.report.results import ModelResult, attack_names, recipe_key, recipe_title
 from medhpc.report.table import Cell, Table
 from medhpc.report.uncertainty import LABELS, MEASURES
 
@@ -126,8 +127,8 @@ def appendix_c(results: list[ModelResult]) -> list[Table]:
         cols = ([base] if base else []) + swept
         names = [f"base ({base.head})"] if base else []
         names += [f"{axis.symbol}={m.beta:g}" for m in swept]
-        suffix = "" if weighting == "none" else f", {weighting} loss"
-        key = f"appendix-c-{dataset}-{arch}" + ("" if weighting == "none" else f"-{weighting}")
+        suffix = recipe_title(weighting)
+        key = f"appendix-c-{dataset}-{arch}" + recipe_key(weighting)
         t = Table(key, f"Appendix C: accuracy under attack against {axis.symbol}, {dataset}, {arch}{suffix}",
                   ["attack", *names],
                   note=f"{title} heads trained on the base model's frozen backbone; "
@@ -136,26 +137,49 @@ def appendix_c(results: list[ModelResult]) -> list[Table]:
     return tables
 
 
+def _extra_models(results: list[ModelResult], paired: set[str]) -> list[tuple[str, str | None]]:
+    """The Wasserman table's extra columns: every (architecture, defence) of a base-head model
+    outside the vanilla/attentive pairs (ViT-B/16, a PGD-AT ResNet50), in first-seen order."""
+    keys = [(m.arch, m.defence) for m in results if m.spec.base and m.run not in paired]
+    return list(dict.fromkeys(keys))
+
+
+def _extra_title(arch: str, defence: str | None) -> str:
+    return f"{arch} {defence}" if defence else f"{arch} {base_head().name}"
+
+
 def wasserman(results: list[ModelResult]) -> Table | None:
-    """Vanilla vs attentive accuracy under attack, per group that has both."""
-    t = Table("wasserman", "Vanilla vs attentive (soft attention) accuracy under attack",
-              ["dataset", "model", "attack", "vanilla", "attentive", "change", "relative change"],
-              note="change = attentive − vanilla in percentage points; relative change = change / vanilla "
-                   "(– when vanilla is 0). 95 % Wilson intervals.")  # fmt: skip
-    for (dataset, arch, weighting), models in _groups(results).items():
+    """Vanilla vs attentive accuracy under attack, per group that has both; beside them, per
+    dataset and loss weighting, the other base-head models of the study (another architecture,
+    an adversarially trained one) under the same attack."""
+    pairs = []
+    for (_, _, training), models in _groups(results).items():
         van = next((m for m in models if m.spec.base), None)
         att = next((m for m in models if m.spec.own_map), None)
-        if van is None or att is None:
-            continue
+        if van is not None and att is not None:
+            pairs.append((van, att, training))
+    paired = {m.run for van, att, _ in pairs for m in (van, att)}
+    extras = _extra_models(results, paired) if pairs else []
+    t = Table("wasserman", "Vanilla vs attentive (soft attention) accuracy under attack",
+              ["dataset", "model", "attack", "vanilla", "attentive", "change", "relative change",
+               *(_extra_title(a, d) for a, d in extras)],
+              note="change = attentive − vanilla in percentage points; relative change = change / vanilla "
+                   "(– when vanilla is 0). The last columns: the study's other base-head models (another "
+                   "architecture, an adversarially trained one) on the same data and loss weighting under "
+                   "the same attack (– where it was not run). 95 % Wilson intervals.")  # fmt: skip
+    for van, att, training in pairs:
+        others = {(m.arch, m.defence): m for m in results if m.spec.base and m.run not in paired
+                  and m.dataset == van.dataset and m.weighting == van.weighting}  # fmt: skip
         for name in attack_names([van, att]):
             a, b = van.attack(name), att.attack(name)
             if a is None or b is None:
                 continue
             change = (b["accuracy"] - a["accuracy"]) * 100
             rel = change / (a["accuracy"] * 100) * 100 if a["accuracy"] > 0 else None
-            label = arch + ("" if weighting == "none" else f", {weighting}")
-            t.add([dataset, label, name, attack_cell(a), attack_cell(b), Cell(change, digits=1, suffix=" pp"),
-                   Cell(rel, digits=1, suffix=" %")])  # fmt: skip
+            label = van.arch + ("" if training == "none" else f", {training}")
+            extra = [attack_cell(others[k].attack(name) if k in others else None) for k in extras]
+            t.add([van.dataset, label, name, attack_cell(a), attack_cell(b), Cell(change, digits=1, suffix=" pp"),
+                   Cell(rel, digits=1, suffix=" %"), *extra])  # fmt: skip
     return t if t.rows else None
 
 

@@ -152,7 +152,10 @@ class SweepConfig:
     the training config (:class:`~medhpc.train.adversarial.AdversarialConfig`: PGD-AT,
     TRADES, fast FGSM-AT). The heads that train on a base model's backbone (VIB) train with the
     same defence on the base model trained with it (VIB + AT). Left out: plain training only,
-    and every job keeps the name it had before the axis existed.
+    and every job keeps the name it had before the axis existed. ``defended_archs`` /
+    ``defended_heads`` restrict the defences other than ``none`` to those grid points (the
+    Wasserman preset's one PGD-AT ResNet50). A grid point whose head cannot sit on its
+    architecture (soft attention on ViT-B/16) is left out of the grid, with a log line.
     """
 
     name: str
@@ -178,6 +181,8 @@ class SweepConfig:
     # Raw entries (None, "none" or a mapping) are turned into AdversarialConfig | None in
     # __post_init__, so that an error names the entry's own key (defences[1].eps).
     defences: tuple[Any, ...] | None = hashed_when_set()
+    defended_archs: tuple[str, ...] | None = hashed_when_set()
+    defended_heads: tuple[str, ...] | None = hashed_when_set()
     out: str = nohash("sweep-out")
     executor: str = nohash("local")
     workers: int = nohash(1)
@@ -203,12 +208,28 @@ class SweepConfig:
         """The defences every model of the grid is trained with (None: plain training)."""
         return list(self.defences) if self.defences is not None else [None]
 
+    def defends(self, arch: str, head: str) -> bool:
+        """Whether grid point (arch, head) is also trained with the defences other than ``none``
+        (``defended_archs`` / ``defended_heads``, each left out: every one)."""
+        return (self.defended_archs is None or arch in self.defended_archs) and (
+            self.defended_heads is None or head in self.defended_heads
+        )
+
     def _check(self) -> None:
         if self.defences is not None:
             if not self.defences:
                 raise bad("defences", "must list at least one entry ('none' for plain training), or be left out")
             if len(set(self.defences)) != len(self.defences):
                 raise bad("defences", "lists a defence twice")
+        for key, grid in (("defended_archs", self.models.archs), ("defended_heads", self.models.heads)):
+            chosen = getattr(self, key)
+            if chosen is None:
+                continue
+            if self.defences is None:
+                raise bad(key, "says which models get the defences, but no defences are listed")
+            for i, name in enumerate(chosen):
+                if name not in grid:
+                    raise bad(f"{key}[{i}]", f"must be one of the grid's {', '.join(map(repr, grid))}, got {name!r}")
         if not self.datasets:
             raise bad("datasets", "must list at least one dataset")
         names = [d.name for d in self.datasets]

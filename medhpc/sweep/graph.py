@@ -14,6 +14,7 @@ given, and the report until all are (:func:`split_sizes` reads them from the pre
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from medhpc.attacks.detector import STOCHASTIC_ONLY
 from medhpc.attacks.presets import preset_attacks
 from medhpc.config import config_hash, from_dict, to_dict
 from medhpc.models.config import ModelConfig
-from medhpc.models.registry import get_head
+from medhpc.models.registry import get_arch, get_head, refusal
 from medhpc.store.schema import shard_filename
 from medhpc.sweep.jobs import AttackJob, EvaluateJob, Job, PrepareJob, ReportJob, TrainJob, job_key
 from medhpc.train.config import TrainConfig
@@ -31,6 +32,8 @@ from medhpc.train.config import TrainConfig
 if TYPE_CHECKING:  # only read here; its check imports the executors, which import this module
     from medhpc.sweep.config import DatasetSpec, SweepConfig, TrainSettings
     from medhpc.train.adversarial import AdversarialConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,6 +137,17 @@ def _model(cfg: SweepConfig, arch: str, head: str, value: float | None = None) -
     )
 
 
+def _grid_point(cfg: SweepConfig, arch: str, head: str, defence: Any) -> bool:
+    """Whether (arch, head) is trained with ``defence``: the head can sit on the architecture
+    (soft attention needs a convolutional map, which ViT-B/16 has not) and, for a defence other
+    than plain training, the grid point is among the defended ones."""
+    reason = refusal(get_arch(arch), get_head(head))
+    if reason is not None:
+        log.info("sweep: %s + %s left out of the grid: %s", arch, head, reason)
+        return False
+    return defence is None or cfg.defends(arch, head)
+
+
 def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGraph:
     """Every job of the sweep; attack, evaluate and report jobs only once ``split_sizes``
     (attacked split size per dataset name) are known."""
@@ -147,7 +161,7 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
                 for defence in cfg.defence_list():
                     base_key, base_job = None, None
                     for head in cfg.models.heads:
-                        if get_head(head).on_base:
+                        if get_head(head).on_base or not _grid_point(cfg, arch, head, defence):
                             continue
                         train_cfg = _train_config(cfg, prep.cache, _model(cfg, arch, head), cfg.train, weighting, None,
                                                   defence)  # fmt: skip
@@ -160,9 +174,10 @@ def expand(cfg: SweepConfig, split_sizes: dict[str, int] | None = None) -> JobGr
                     # with the base model's defence (VIB + AT: examples crafted through that backbone).
                     for head in cfg.models.heads:
                         spec = get_head(head)
-                        if not spec.on_base:
+                        if not spec.on_base or not _grid_point(cfg, arch, head, defence):
                             continue
-                        assert base_key is not None and base_job is not None  # SweepConfig checks a base head is listed
+                        if base_key is None or base_job is None:  # the base model is not trained with this defence
+                            continue
                         values = getattr(cfg.models, spec.axis.grid) if spec.axis is not None else (None,)
                         for value in values:
                             model = _model(cfg, arch, head, value)

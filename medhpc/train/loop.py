@@ -72,12 +72,13 @@ def _check_cache(cfg: TrainConfig) -> dict[str, Any]:
         if info["counts"].get(split, 0) == 0:
             raise DataError(f"cache {cfg.data.cache} has no {split!r} images")
     size = cfg.data.image_size or int(info["size"])
-    need = cfg.model.arch_spec.min_size
-    if size < need:
-        raise ConfigError(
-            f"{cfg.model.arch} needs images of at least {need} px; "
-            f"{'data.image_size' if cfg.data.image_size else 'the cache ' + cfg.data.cache} gives {size}"
-        )
+    arch = cfg.model.arch_spec
+    where = "data.image_size" if cfg.data.image_size else "the cache " + cfg.data.cache
+    if size < arch.min_size:
+        raise ConfigError(f"{cfg.model.arch} needs images of at least {arch.min_size} px; {where} gives {size}")
+    if size % arch.size_multiple:
+        raise ConfigError(f"{cfg.model.arch} needs an image side that is a multiple of {arch.size_multiple} "
+                          f"(its patch size); {where} gives {size}")  # fmt: skip
     return info
 
 

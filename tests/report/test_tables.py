@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +142,47 @@ def test_the_worst_case_table_sets_the_strongest_single_attack_beside_the_ensemb
 
 def test_without_a_worst_case_row_there_is_no_worst_case_table(stored) -> None:  # type: ignore[no-untyped-def]
     assert tables.worst_case(load_results(stored.evaluations)) is None
+
+
+def _copy_model(stored: Any, key: str, name: str, model: dict[str, Any], extra: dict[str, Any],
+                correct: list[int]) -> str:  # fmt: skip
+    """Another stored model: the fixture's ``key`` evaluation under a new run, with ``correct``
+    images (of 8) right under each attack."""
+    import json
+
+    import yaml
+
+    src = json.loads(Path(stored.evaluations[list(stored.names).index(key)]).read_text())
+    run = stored.root / "runs" / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": model, "loss_weighting": "none", **extra}))
+    old_run = Path(src["run"])
+    (run / "metrics.json").write_text((old_run / "metrics.json").read_text())
+    for row, k in zip(src["attacks"], correct, strict=True):
+        row["accuracy"] = k / 8
+    ev = stored.root / "eval" / f"{name}.json"
+    ev.write_text(json.dumps({**src, "run": str(run), "maps": None}))
+    return str(ev)
+
+
+def test_the_wasserman_table_sets_vit_and_a_pgd_at_resnet50_beside_each_pair(stored) -> None:  # type: ignore[no-untyped-def]
+    vit = _copy_model(stored, "linear", "vit_b_16-linear-000000000009", {"arch": "vit_b_16", "head": "linear"}, {},
+                      [7, 6, 5, 4])  # fmt: skip
+    at = _copy_model(stored, "linear", "resnet50-linear-pgdat-000000000010", {"arch": "resnet50", "head": "linear"},
+                     {"adversarial": {"method": "pgd", "eps": 0.02, "steps": 10}}, [5, 5, 4, 4])  # fmt: skip
+    results = load_results([*stored.evaluations, vit, at])
+    labels = {m.label for m in results}
+    assert "resnet50 linear, PGD-AT" in labels and "vit_b_16 linear" in labels
+    defended = next(m for m in results if m.defence)
+    assert defended.group == ("aptos", "resnet50", "PGD-AT") and defended.training == "PGD-AT"
+    t = tables.wasserman(results)
+    assert t is not None
+    assert t.columns == ["dataset", "model", "attack", "vanilla", "attentive", "change", "relative change",
+                         "resnet50 PGD-AT", "vit_b_16 linear"]  # fmt: skip
+    rows = {r[2]: r for r in t.rows}
+    assert {r[1] for r in t.rows} == {"resnet50"}  # one pair: the PGD-AT model has no attentive twin
+    fgsm = rows["fgsm-linf-eps0.02"]
+    assert (fgsm[3].value, fgsm[4].value, fgsm[7].value, fgsm[8].value) == (2 / 8, 4 / 8, 4 / 8, 5 / 8)
+    assert rows["pgd-linf-eps0.02-s5"][7].value == 4 / 8
+    # without those models the table keeps its seven columns
+    assert len(tables.wasserman(load_results(stored.evaluations)).columns) == 7  # type: ignore[union-attr]

@@ -322,6 +322,9 @@ def test_bad_inputs_are_named(tiny_cache: Path, tmp_path: Path) -> None:
         train(from_mapping(config(tiny_cache, tmp_path, model={"classes": 3})), progress=False)
     with pytest.raises(ConfigError, match="inception_v3 needs images of at least 75 px"):
         train(from_mapping(config(tiny_cache, tmp_path, model={"arch": "inception_v3"})), progress=False)
+    with pytest.raises(ConfigError, match=r"vit_b_16 needs an image side that is a multiple of 16 .* gives 40"):
+        train(from_mapping(config(tiny_cache, tmp_path, model={"arch": "vit_b_16"}, data={"image_size": 40})),
+              progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="init_from: .* holds a resnet50 model"):
         bogus = tmp_path / "r"
         bogus.mkdir()
