@@ -151,8 +151,8 @@ def test_run_to_run_drift_fails_the_determinism_check(monkeypatch: pytest.Monkey
 def test_an_attack_leaving_its_ball_fails_the_attack_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = attack_checks.run_attack
 
-    def too_far(model: object, x: torch.Tensor, y: object, cfg: object, seed: int = 0) -> object:
-        res = real(model, x, y, cfg, seed=seed)  # type: ignore[arg-type]
+    def too_far(model: object, x: torch.Tensor, y: object, cfg: object, seed: int = 0, **kw: object) -> object:
+        res = real(model, x, y, cfg, seed=seed, **kw)  # type: ignore[arg-type]
         if res.linf.numel():
             res.linf[0] = 0.5
         return res
