@@ -40,8 +40,6 @@ synchronisation: the search is ``torch.where`` selections.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +62,7 @@ from medhpc.attacks.common import (
     random_start,
 )
 from medhpc.attacks.detector import Detector, check_score, score_torch
-from medhpc.attacks.pgd import default_step_size
+from medhpc.attacks.pgd import _reaches_surface, default_step_size
 from medhpc.attacks.spec import AttackSpec
 from medhpc.models.noise import fixed_noise
 
@@ -228,10 +226,6 @@ def adaptive(
         lam = torch.where(up, raised, torch.where(down, (lo + hi) / 2, lam))
     const = torch.where(best_key >= 2, best_lam, torch.full_like(best_lam, float("nan")))
     return finish(model, x, best, labels, targeted, s.seed, const)
-
-
-def _reaches_surface(config: Mapping[str, Any]) -> bool:
-    return bool(config["steps"] * config["step_size"] >= config["eps"] * (1 - 1e-9))
 
 
 SPEC = AttackSpec(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medhpc import atomic
-from medhpc.data.cache import CacheLoader, prepare_batch
+from medhpc.data.cache import CacheLoader, cache_info, prepare_batch
 from medhpc.models import Classifier
 from medhpc.models.classifier import TrainOutput
 from medhpc.train.config import TrainConfig
@@ -126,7 +126,8 @@ def prepare(cfg: TrainConfig, model: Classifier, device: torch.device, amp: torc
     """The run's features: read if a file for this backbone checks out, else computed and written."""
     key = feature_key(cfg, model, device, amp, channels_last)
     path = features_path(cfg, key)
-    counts = {s: len(CacheLoader(cfg.data.cache, s).dataset) for s in SPLITS}
+    stored = cache_info(cfg.data.cache)["counts"]
+    counts = {s: stored[s] for s in SPLITS}
     problem = _problem(path, key, counts) if path.is_file() else "absent"
     if problem is not None:
         if path.exists():
